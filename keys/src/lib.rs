@@ -1,0 +1,45 @@
+//! Cleave's key hierarchy and the two primitives both stores are built on.
+//!
+//! * A [`MasterKey`] comes from a 0600 key file created on first run, or from an operator
+//!   passphrase through Argon2id. It never encrypts data itself: it only wraps the
+//!   per-purpose keys held in the [`Keyring`] file, which lives apart from both stores.
+//! * Each [`KeyPurpose`] has its own random 256-bit key, versioned for rotation. Unwrapping
+//!   yields a [`VersionedKey`]; key bytes live in [`Key32`], which zeroizes on drop and has
+//!   no `Debug`/`Display` that could print them.
+//! * [`FieldSealer`] seals one value with XChaCha20-Poly1305, binding it to where it lives
+//!   ([`SealContext`]: table, column, row, key version) so a ciphertext moved elsewhere fails.
+//! * [`BlindIndexer`] turns a normalised search term into a BLAKE3 keyed hash, so a store
+//!   can be searched without being decrypted.
+//! * [`durable`] writes files so that an acknowledged write survives a crash.
+//!
+//! The formats are specified in `keys/FORMAT.md`.
+#![forbid(unsafe_code)]
+
+mod blind;
+pub mod durable;
+mod error;
+mod keyring;
+mod master;
+mod seal;
+mod secret;
+
+pub use blind::BlindIndexer;
+pub use error::Error;
+pub use keyring::{KeyPurpose, Keyring, VersionedKey};
+pub use master::{KeySource, MasterKey, PassphraseParams};
+pub use seal::{FieldSealer, SealContext, SEALED_FIELD_FORMAT};
+pub use secret::{Key32, SecretBytes};
+
+/// Fill `buf` with bytes from the operating system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) {
+    use rand::RngCore;
+    rand::rngs::OsRng.fill_bytes(buf);
+}
+
+/// A random 128-bit identifier, hex encoded. Used for row ids on both sides, which must
+/// not be ordered by time or insertion (see the design's "nothing joins the stores").
+pub fn random_id128() -> String {
+    let mut b = [0u8; 16];
+    random_bytes(&mut b);
+    hex::encode(b)
+}
