@@ -19,12 +19,14 @@ mod blind;
 pub mod durable;
 mod error;
 mod keyring;
+pub mod ondemand;
 mod master;
 mod seal;
 mod secret;
 
 pub use blind::BlindIndexer;
 pub use error::Error;
+pub use ondemand::{OnDemand, OnDemandStats};
 pub use keyring::{KeyPurpose, Keyring, VersionedKey};
 pub use master::{KeySource, MasterKey, PassphraseParams};
 pub use seal::{FieldSealer, SealContext, SEALED_FIELD_FORMAT};
