@@ -45,10 +45,13 @@ pub fn ctx() -> RequestContext {
 /// with an install hint if python3 or pymacaroons is missing, so the test fails rather
 /// than passing silently.
 pub fn python(script: &str, args: &[&str]) -> String {
-    let probe = Command::new("python3").args(["-c", "import pymacaroons, nacl"]).output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        _ => panic!(
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let present = *PROBE.get_or_init(|| {
+        Command::new("python3").args(["-c", "import pymacaroons, nacl"]).output().is_ok_and(|o| o.status.success())
+    });
+    match present {
+        true => {}
+        false => panic!(
             "python3 with pymacaroons is required for this test: run `pip install pymacaroons` \
              (it is in .ci/requirements.txt)"
         ),
