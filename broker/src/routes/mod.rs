@@ -1,0 +1,53 @@
+//! Every route of the broker, in one place, grouped by who calls them.
+//!
+//! Handlers live one group per file. Each authenticated handler starts by stating what it
+//! needs ([`crate::authz::Need`]: operation, store, patient, study) and calling
+//! [`crate::authz::authorize`]; nothing else decides access.
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::state::AppState;
+use crate::Error;
+
+mod admin;
+mod data;
+mod openapi;
+mod session;
+mod shares;
+
+/// The hand-maintained OpenAPI description, served at `/api/v1/openapi.json`; a test checks
+/// that every path in it is routed.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+/// Build the router for one broker.
+pub(crate) fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        // Anyone who completed the TLS handshake.
+        .route("/api/v1/openapi.json", get(openapi::openapi))
+        // Staff and devices getting a token (mutual-TLS listener only).
+        .route("/api/v1/login", post(session::login))
+        .route("/api/v1/device/token", post(session::device_token))
+        .route("/api/v1/grants/current/revoke", post(session::revoke_current_grant))
+        // Doctors managing what they shared.
+        .route("/api/v1/shares", get(shares::list))
+        .route("/api/v1/shares/{id}/revoke", post(shares::revoke))
+        // IT administrators.
+        .route("/api/v1/admin/users", get(admin::list_users).post(admin::add_user))
+        .route("/api/v1/admin/users/{username}/disable", post(admin::disable_user))
+        .route("/api/v1/admin/devices", get(admin::list_devices))
+        .route("/api/v1/admin/devices/{fingerprint}/revoke", post(admin::revoke_device))
+        // The data path: authorization is in place; the stores are wired in a later step.
+        .route("/api/v1/identity/patients", get(data::identity_search).post(data::identity_create))
+        .route("/api/v1/identity/patients/{patient}", get(data::identity_read))
+        .route("/api/v1/clinical/patients/{patient}/notes", get(data::notes_read).post(data::notes_write))
+        .route("/api/v1/audit/checkpoint", get(data::audit_checkpoint))
+        .route("/api/v1/research/export", get(data::research_export))
+        .route("/dicomweb/studies", get(data::qido_studies).post(data::stow))
+        .route("/dicomweb/studies/{study}", get(data::wado_study))
+        .fallback(|| async { Error::not_found("route") })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

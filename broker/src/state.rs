@@ -1,0 +1,34 @@
+//! The state every handler shares.
+use std::sync::Arc;
+
+use crate::accounts::Accounts;
+use crate::audit::AuditSink;
+use crate::config::Config;
+use crate::ratelimit::LoginLimiter;
+
+/// Shared by all handlers of one broker.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub config: Config,
+    pub accounts: Accounts,
+    pub limiter: LoginLimiter,
+    pub audit: Box<dyn AuditSink>,
+}
+
+impl AppState {
+    pub(crate) fn new(config: Config, accounts: Accounts, audit: Box<dyn AuditSink>) -> Self {
+        let limiter = LoginLimiter::new(config.login.clone());
+        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit }) }
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
