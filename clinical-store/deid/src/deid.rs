@@ -1,0 +1,139 @@
+//! Applies Table E.1-1 to a parsed dataset, recursively into sequences.
+//!
+//! Beyond the table: private attributes (odd groups) are removed, group lengths and stray
+//! file-meta elements are dropped (they would be wrong or misplaced after the change), and
+//! a public attribute the standard dictionary does not know is removed, because the table
+//! cannot have judged an attribute newer than itself (fail closed).
+use crate::clean::clean_text;
+use crate::error::Error;
+use crate::options::Options;
+use crate::parse::{dictionary_vr, Elem, Value};
+use crate::table::{self, Action};
+use crate::uid::UidMapper;
+use dicom_core::VR;
+
+pub(crate) const PATIENT_NAME: u32 = 0x0010_0010;
+pub(crate) const PATIENT_ID: u32 = 0x0010_0020;
+
+pub(crate) struct Ctx<'a> {
+    pub opts: &'a Options,
+    pub uids: &'a UidMapper,
+    pub pseudonym: &'a str,
+    /// Set when cleaning dropped words from a description.
+    pub cleaned_words: bool,
+}
+
+/// De-identify one run of elements (a dataset or an item).
+pub(crate) fn deidentify(elems: Vec<Elem>, ctx: &mut Ctx<'_>) -> Result<Vec<Elem>, Error> {
+    let mut out = Vec::with_capacity(elems.len());
+    for e in elems {
+        if let Some(kept) = one(e, ctx)? {
+            out.push(kept);
+        }
+    }
+    Ok(out)
+}
+
+fn one(mut e: Elem, ctx: &mut Ctx<'_>) -> Result<Option<Elem>, Error> {
+    let group = e.tag >> 16;
+    if group == 0x0002 || e.tag & 0xFFFF == 0 || group & 1 == 1 {
+        return Ok(None);
+    }
+    if e.tag == PATIENT_NAME {
+        e.value = Value::Bytes(Vec::new());
+        return Ok(Some(e));
+    }
+    if e.tag == PATIENT_ID {
+        e.value = Value::Bytes(padded(ctx.pseudonym.as_bytes().to_vec(), b' '));
+        return Ok(Some(e));
+    }
+    let (action, row) = match table::row(e.tag) {
+        Some(row) => (table::resolve(row, ctx.opts), Some(row)),
+        None if dictionary_vr(e.tag).is_some() => (Action::Keep, None),
+        None => return Ok(None),
+    };
+    apply(e, action, row.map(|r| r.basic), ctx)
+}
+
+fn apply(mut e: Elem, action: Action, basic: Option<table::Basic>, ctx: &mut Ctx<'_>) -> Result<Option<Elem>, Error> {
+    let value = std::mem::replace(&mut e.value, Value::Bytes(Vec::new()));
+    e.value = match (action, value) {
+        (Action::Remove, _) => return Ok(None),
+        // A kept, cleaned or UID-bearing sequence keeps its structure; every item goes
+        // through the table in turn.
+        (Action::Keep | Action::Uid | Action::Clean, Value::Seq { items, inner }) => {
+            let mut kept = Vec::with_capacity(items.len());
+            for item in items {
+                kept.push(deidentify(item, ctx)?);
+            }
+            Value::Seq { items: kept, inner }
+        }
+        (Action::Empty | Action::Dummy, Value::Seq { inner, .. }) => Value::Seq { items: Vec::new(), inner },
+        (Action::Keep, v) => v,
+        (_, Value::Fragments(_)) => return Ok(None),
+        (Action::Empty, Value::Bytes(_)) => Value::Bytes(Vec::new()),
+        (Action::Uid, Value::Bytes(b)) if e.vr == VR::UI => Value::Bytes(map_uids(&b, ctx.uids)),
+        (Action::Uid | Action::Dummy, Value::Bytes(b)) => Value::Bytes(dummy(e.vr, &b, ctx.uids)),
+        (Action::Clean, Value::Bytes(b)) => match e.vr {
+            VR::SH | VR::LO | VR::ST | VR::LT | VR::UT | VR::UC => {
+                let (text, dropped) = clean_text(&String::from_utf8_lossy(&b));
+                ctx.cleaned_words |= dropped;
+                Value::Bytes(padded(text.into_bytes(), b' '))
+            }
+            VR::UI => Value::Bytes(map_uids(&b, ctx.uids)),
+            _ => {
+                // No meaningful cleaning for this VR: fall back to the Basic Profile.
+                let fallback = basic.map(table::basic_action).filter(|a| *a != Action::Clean).unwrap_or(Action::Remove);
+                e.value = Value::Bytes(b);
+                return apply(e, fallback, None, ctx);
+            }
+        },
+    };
+    Ok(Some(e))
+}
+
+/// Pad to even length, as PS3.5 requires.
+pub(crate) fn padded(mut v: Vec<u8>, pad: u8) -> Vec<u8> {
+    if v.len() % 2 == 1 {
+        v.push(pad);
+    }
+    v
+}
+
+/// The value without its padding (trailing spaces and NULs, leading spaces).
+pub(crate) fn trimmed(b: &[u8]) -> &[u8] {
+    let end = b.iter().rposition(|c| *c != b' ' && *c != 0).map_or(0, |i| i + 1);
+    let start = b[..end].iter().position(|c| *c != b' ').unwrap_or(end);
+    &b[start..end]
+}
+
+/// Replace every UID of a (possibly multi-valued) UI value.
+pub(crate) fn map_uids(b: &[u8], uids: &UidMapper) -> Vec<u8> {
+    let parts: Vec<String> = b
+        .split(|c| *c == b'\\')
+        .map(|p| {
+            let t = trimmed(p);
+            if t.is_empty() { String::new() } else { uids.map(&String::from_utf8_lossy(t)) }
+        })
+        .collect();
+    padded(parts.join("\\").into_bytes(), 0)
+}
+
+/// A value of the same VR that reveals nothing.
+fn dummy(vr: VR, original: &[u8], uids: &UidMapper) -> Vec<u8> {
+    use VR::*;
+    let text: &[u8] = match vr {
+        UI => return map_uids(original, uids),
+        DA => b"19000101",
+        TM => b"000000",
+        DT => b"19000101000000",
+        AS => b"000D",
+        DS | IS => b"0",
+        AE | CS | LO | SH | ST | LT | UT | UC | PN => b"REMOVED",
+        UR => b"",
+        // Binary values keep their length (a count or a matrix size may be relied upon)
+        // with every byte zero.
+        _ => return vec![0u8; original.len()],
+    };
+    padded(text.to_vec(), b' ')
+}
