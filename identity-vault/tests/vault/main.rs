@@ -1,5 +1,6 @@
 //! Integration tests of the identity vault, driven through its public API on real files.
 //! One test binary (several modules) keeps link time down.
+mod durability;
 mod matching;
 mod on_demand;
 mod random_ids;
@@ -23,10 +24,22 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let ring = Keyring::open_or_create(&dir.path().join("keys/keyring.json"), KeySource::KeyFile(dir.path().join("keys/master.key")))
-            .unwrap();
-        let db = dir.path().join("data/identity/vault.sqlite");
+        let (ring, db) = Self::files(dir.path());
         Env { dir, ring, db }
+    }
+
+    /// The same layout in an existing directory (for a child process); the directory is
+    /// left in place afterwards.
+    pub fn at(path: &std::path::Path) -> Env {
+        let dir = tempfile::Builder::new().tempdir_in(path).unwrap();
+        let (ring, db) = Self::files(path);
+        Env { dir, ring, db }
+    }
+
+    fn files(dir: &std::path::Path) -> (Keyring, PathBuf) {
+        let ring = Keyring::open_or_create(&dir.join("keys/keyring.json"), KeySource::KeyFile(dir.join("keys/master.key")))
+            .unwrap();
+        (ring, dir.join("data/identity/vault.sqlite"))
     }
 
     pub fn open(&self) -> Vault {

@@ -4,13 +4,21 @@ use identity_vault::{Resolution, StudyLink};
 
 use crate::{full, Env};
 
+/// Every needle found in any file of `dir`. One pass per file: an 8-byte prefix set
+/// narrows the candidates, then the whole needle is compared (all needles are ≥ 8 bytes).
 fn scan(dir: &std::path::Path, needles: &[Vec<u8>]) -> Vec<String> {
+    use std::collections::HashSet;
+    assert!(needles.iter().all(|n| n.len() >= 8));
+    let prefixes: HashSet<&[u8]> = needles.iter().map(|n| &n[..8]).collect();
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
-        for n in needles {
-            if bytes.windows(n.len()).any(|w| w == &n[..]) {
+        for (i, w) in bytes.windows(8).enumerate() {
+            if !prefixes.contains(w) {
+                continue;
+            }
+            for n in needles.iter().filter(|n| bytes[i..].starts_with(n)) {
                 found.push(format!("{} in {}", String::from_utf8_lossy(n), path.display()));
             }
         }
