@@ -28,9 +28,9 @@ use crate::Error;
 pub enum Problem {
     /// The entry's stored bytes are damaged, torn or not a canonical entry.
     EntryDamaged { index: u64, what: &'static str },
-    /// The entry with this index is missing (removed, or the file was truncated).
+    /// The entry with this index is not in its place: removed, moved later, or cut off.
     EntryMissing { index: u64 },
-    /// Another entry stands where this index should be (entries were reordered).
+    /// An earlier entry stands where this index should be (moved or copied here).
     EntryOutOfOrder { index: u64, found: u64 },
     /// At least one entry in `[from, to)` was changed: checkpoint `seq` (size `to`) does
     /// not match the recomputed root, while everything up to `from` is vouched for.
