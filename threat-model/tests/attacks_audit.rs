@@ -1,0 +1,185 @@
+//! T8: an insider with write access to the disk edits the audit log to hide what they did:
+//! changes an outcome, deletes their entry, cuts the tail, rolls the log back, or rebuilds
+//! it under another key. The auditor's verification (with only the public key and the last
+//! checkpoint they saw) must catch each, and name where.
+//!
+//! The broker does not write its decisions to `cleave-audit` yet (its sink is a log line),
+//! so this attacks the audit log crate directly, as files on disk.
+mod common;
+
+use std::path::Path;
+
+use cleave_audit::*;
+use cleave_keys::Key32;
+use sha2::{Digest, Sha256};
+
+const ORIGIN: &str = "hospital.test/cleave-audit";
+const ENTRIES_HEADER: &[u8] = b"CLEAVE-AUDIT-ENTRIES/1\n";
+/// The insider's own entry, the one they want gone.
+const MINE: u64 = 23;
+
+fn key(b: u8) -> Key32 {
+    Key32::from_bytes(&mut [b; 32])
+}
+
+fn options() -> LogOptions {
+    let mut o = LogOptions::new(ORIGIN);
+    o.checkpoint_interval = None;
+    o.checkpoint_every_entries = None;
+    o
+}
+
+fn entry(i: u64) -> Entry {
+    let refs = ReferenceKey::new(key(0x33));
+    let who = if i == MINE { "mallory" } else { "nurse" };
+    let outcome = if i == MINE { Outcome::denied("patient-not-covered") } else { Outcome::Allowed };
+    let mut e = Entry::new(Actor::new(ActorKind::Staff, who), Operation::ClinicalRead, outcome);
+    e.time = Timestamp::from_unix_millis(1_790_000_000_000 + i as i64 * 1000);
+    e.with_resource(refs.patient_ref(&format!("P1-{:032x}", i % 7)))
+}
+
+/// A log of 40 entries with checkpoints at 10, 30 and 40. Returns the auditor's copy of
+/// each checkpoint note.
+fn build(dir: &Path, signing: &Key32, skip: Option<u64>) -> Vec<String> {
+    let log = AuditLog::open(dir, options(), signing).unwrap();
+    let mut notes = Vec::new();
+    for i in 0..40 {
+        if Some(i) != skip {
+            log.append(&entry(i)).unwrap();
+        }
+        if [10, 30, 40].contains(&(i + 1)) {
+            notes.push(log.checkpoint().unwrap().note);
+        }
+    }
+    notes
+}
+
+/// The records of `entries.log` as (seq, payload), parsed from the bytes.
+fn records(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    assert!(bytes.starts_with(ENTRIES_HEADER), "unknown entries format");
+    let mut out = Vec::new();
+    let mut at = ENTRIES_HEADER.len();
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let seq = u64::from_be_bytes(bytes[at + 4..at + 12].try_into().unwrap());
+        out.push((seq, bytes[at + 12..at + 12 + len].to_vec()));
+        at += 44 + len;
+    }
+    out
+}
+
+/// Write records back with valid per-record hashes: the attacker knows the format.
+fn write_records(path: &Path, recs: &[(u64, Vec<u8>)]) {
+    let mut out = ENTRIES_HEADER.to_vec();
+    for (seq, payload) in recs {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(payload);
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        h.update(payload);
+        out.extend_from_slice(&h.finalize());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for f in common::files_under(from) {
+        let rel = f.strip_prefix(from).unwrap();
+        std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(&f, to.join(rel)).unwrap();
+    }
+}
+
+#[test]
+fn tampered_audit_log_is_detected() {
+    let real = tempfile::tempdir().unwrap();
+    let notes = build(real.path(), &key(0x5a), None);
+    let trusted = AuditLog::open(real.path(), options(), &key(0x5a)).unwrap().verifier();
+    // The auditor saw the checkpoint of size 30 (covering the insider's entry 23).
+    let seen = notes[1].as_str();
+    // The verifier accepts the untouched log, so a failure below is the tampering.
+    let r = verify_dir(real.path(), &trusted, Some(seen)).unwrap();
+    assert_eq!(r.entries, 40);
+    // And the surgery tools are exact: rewriting the records unchanged still verifies.
+    let same = tempfile::tempdir().unwrap();
+    copy_dir(real.path(), same.path());
+    let recs = records(&std::fs::read(same.path().join("entries.log")).unwrap());
+    assert_eq!(recs.len(), 40);
+    write_records(&same.path().join("entries.log"), &recs);
+    verify_dir(same.path(), &trusted, Some(seen)).expect("an unchanged rewrite must verify");
+    let mine_text = String::from_utf8(recs[MINE as usize].1.clone()).unwrap();
+    assert!(mine_text.contains("mallory"), "entry {MINE} is the insider's");
+
+    // Every problem the auditor is told about (the list names the bad index; which one is
+    // listed first is the verifier's business).
+    let attack = |name: &str, f: &dyn Fn(&Path)| -> Vec<Problem> {
+        let d = tempfile::tempdir().unwrap();
+        copy_dir(real.path(), d.path());
+        f(d.path());
+        match verify_dir(d.path(), &trusted, Some(seen)) {
+            Ok(r) => panic!("{name}: tampering went unnoticed ({r:?})"),
+            Err(e) => e.failure().unwrap_or_else(|| panic!("{name}: verification did not run: {e:?}")).problems.clone(),
+        }
+    };
+
+    // Flip one byte of the insider's entry.
+    let p = attack("flip a byte", &|d| {
+        let path = d.join("entries.log");
+        let mut b = std::fs::read(&path).unwrap();
+        let at = b.windows(7).position(|w| w == b"mallory").unwrap();
+        b[at] = b'n';
+        std::fs::write(&path, b).unwrap();
+    });
+    assert!(p.iter().any(|p| matches!(p, Problem::EntryDamaged { index: MINE, .. })), "{p:?}");
+    // Rename the actor and turn the denial into an allow, recomputing the record hash.
+    let p = attack("edit with a valid record hash", &|d| {
+        let path = d.join("entries.log");
+        let mut recs = records(&std::fs::read(&path).unwrap());
+        let t = String::from_utf8(recs[MINE as usize].1.clone()).unwrap().replace("mallory", "nurse00");
+        recs[MINE as usize].1 = t.into_bytes();
+        write_records(&path, &recs);
+    });
+    assert!(p.contains(&Problem::RootMismatch { seq: 1, from: 10, to: 30 }), "pinned between the checkpoints around it: {p:?}");
+    // Delete the insider's record and renumber the rest.
+    let p = attack("delete and renumber", &|d| {
+        let path = d.join("entries.log");
+        let mut recs = records(&std::fs::read(&path).unwrap());
+        recs.remove(MINE as usize);
+        for (i, r) in recs.iter_mut().enumerate() {
+            r.0 = i as u64;
+        }
+        write_records(&path, &recs);
+    });
+    assert!(p.iter().any(|p| matches!(p, Problem::RootMismatch { seq: 1, .. } | Problem::EntriesMissingUnderCheckpoint { .. })), "{p:?}");
+    // Cut the log back to 20 entries and drop the checkpoints that covered more.
+    let p = attack("roll back", &|d| {
+        let path = d.join("entries.log");
+        let recs = records(&std::fs::read(&path).unwrap());
+        write_records(&path, &recs[..20]);
+        let cps = d.join("checkpoints.log");
+        let b = std::fs::read(&cps).unwrap();
+        // Keep the header and the first checkpoint record only.
+        let header = b.iter().position(|&c| c == b'\n').unwrap() + 1;
+        let len = u32::from_be_bytes(b[header..header + 4].try_into().unwrap()) as usize;
+        std::fs::write(&cps, &b[..header + 44 + len]).unwrap();
+    });
+    assert!(p.contains(&Problem::LastSeenAhead { size: 30 }), "{p:?}");
+    // Rebuild the whole log without the entry, signed by a key the insider made up.
+    let p = attack("rebuild under another key", &|d| {
+        for f in common::files_under(d) {
+            std::fs::remove_file(f).unwrap();
+        }
+        build(d, &key(0x77), Some(MINE));
+    });
+    assert!(p.iter().any(|p| matches!(p, Problem::CheckpointBadSignature { .. })), "{p:?}");
+
+    // Residual risk, written down in THREATS.md: with the real signing key the insider can
+    // fork the log; it verifies for an auditor who holds no checkpoint, and is caught by
+    // one who holds the checkpoint of size 30.
+    let forked = tempfile::tempdir().unwrap();
+    build(forked.path(), &key(0x5a), Some(MINE));
+    verify_dir(forked.path(), &trusted, None).expect("a fork under the real key is self-consistent");
+    let e = verify_dir(forked.path(), &trusted, Some(seen)).expect_err("the auditor's checkpoint must expose the fork");
+    assert!(e.failure().is_some(), "{e:?}");
+}
