@@ -1,0 +1,328 @@
+//! End to end: a real broker (in process, on 127.0.0.1:0, with its consultant listener)
+//! and the real `cleave` binary, run as each role the way a person would type it.
+//!
+//! Data endpoints the broker answers 501 `not_wired` (the stores are being connected) are
+//! checked for what they already decide: an authorized request gets past authorization
+//! (not 401/403), an unauthorized one is refused.
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+const TEST_CONFIG: &str = "
+header_read_timeout_secs = 5
+idle_timeout_secs = 30
+handshake_timeout_secs = 5
+max_body_bytes = 65536
+[login]
+max_failures_per_account = 3
+max_failures_per_address = 50
+window_secs = 900
+";
+
+const PATIENT: &str = "P1-0123456789abcdef0123456789abcdef";
+const OTHER_PATIENT: &str = "P1-fedcba9876543210fedcba9876543210";
+const STUDY: &str = "1.2.826.0.1.3680043.8.498.1";
+const OTHER_STUDY: &str = "1.2.826.0.1.3680043.8.498.2";
+
+struct World {
+    _rt: tokio::runtime::Runtime,
+    _running: broker::RunningBroker,
+    data: tempfile::TempDir,
+    home: tempfile::TempDir,
+    server: String,
+    consultant: String,
+}
+
+impl World {
+    fn start() -> World {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join(broker::CONFIG_FILE), TEST_CONFIG).unwrap();
+        let mut opts = broker::ServeOptions::new(data.path());
+        opts.listen = Some("127.0.0.1:0".parse().unwrap());
+        opts.consultant_listen = Some("127.0.0.1:0".parse().unwrap());
+        let running = rt.block_on(broker::start(opts)).unwrap();
+        let server = format!("https://127.0.0.1:{}", running.addr.port());
+        let consultant = format!("https://127.0.0.1:{}", running.consultant_addr.unwrap().port());
+        World { _rt: rt, _running: running, data, home: tempfile::tempdir().unwrap(), server, consultant }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.data.path().join("pki/ca.pem")
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.home.path().join("cleave")
+    }
+
+    /// Run `cleave` with this world's config dir and a clean environment.
+    fn cleave(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cleave"));
+        cmd.args(args).env_clear().env("HOME", self.home.path()).env("CLEAVE_CONFIG_DIR", self.config_dir());
+        if let Ok(p) = std::env::var("PATH") {
+            cmd.env("PATH", p);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(std::process::Stdio::null());
+        cmd.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let o = self.cleave(args, env);
+        assert!(o.status.success(), "cleave {args:?} failed: {}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn ok_json(&self, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a, env)).unwrap()
+    }
+
+    /// Run expecting failure; returns (exit code, the --json error code, the message).
+    fn fails(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.cleave(&a, env);
+        assert!(!o.status.success(), "cleave {args:?} unexpectedly succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("no JSON error for {args:?}: {}", String::from_utf8_lossy(&o.stdout)));
+        (o.status.code().unwrap(), v["error"]["code"].as_str().unwrap().to_owned(), v["error"]["message"].as_str().unwrap().to_owned())
+    }
+
+    /// A profile `name` for a person with a certificate issued by the broker's CA.
+    fn person_profile(&self, name: &str, cert: Option<(&Path, &Path)>) {
+        let ca = self.ca();
+        let mut args = vec!["--profile", name, "profile", "set", "--server", &self.server, "--ca", ca.to_str().unwrap(), "--consultant", &self.consultant];
+        let (c, k);
+        if let Some((cp, kp)) = cert {
+            c = cp.to_str().unwrap().to_owned();
+            k = kp.to_str().unwrap().to_owned();
+            args.extend(["--cert", &c, "--key", &k]);
+        }
+        self.ok(&args, &[]);
+    }
+
+    /// The bootstrap admin, logged in as profile `admin`.
+    fn admin(&self) {
+        let b = self.data.path().join("bootstrap");
+        self.person_profile("admin", Some((&b.join("admin.pem"), &b.join("admin.key"))));
+        let creds = b.join("admin-credentials.txt");
+        let pw = credential(&creds, "password");
+        let seed = credential(&creds, "totp_secret_base32");
+        self.ok(&["--profile", "admin", "login", "--username", "admin"], &[("CLEAVE_PASSWORD", &pw), ("CLEAVE_TOTP", &totp(&seed, 0))]);
+    }
+
+    /// Create a staff account with the admin profile, issue its certificate, log it in.
+    fn staff(&self, username: &str, role: &str) {
+        let v = self.ok_json(&["--profile", "admin", "admin", "users", "add", username, "--role", role, "--department", "radiology"], &[]);
+        let issued = broker::issue_client_cert(self.data.path(), username, 30).unwrap();
+        let (c, k) = broker::write_pair(&self.home.path().join("certs"), username, &issued).unwrap();
+        self.person_profile(username, Some((&c, &k)));
+        self.ok(
+            &["--profile", username, "login", "--username", username],
+            &[("CLEAVE_PASSWORD", v["password"].as_str().unwrap()), ("CLEAVE_TOTP", &totp(v["totp_secret"].as_str().unwrap(), 0))],
+        );
+    }
+
+    /// As a consultant: `cleave consult --url <consultant> --ca <ca> <what...>` with `token`.
+    fn consult(&self, token: &str, what: &[&str]) -> Output {
+        let ca = self.ca();
+        let mut args = vec!["consult", "--url", &self.consultant, "--ca", ca.to_str().unwrap()];
+        args.extend(what);
+        args.push("--json");
+        self.cleave(&args, &[("CLEAVE_TOKEN", token)])
+    }
+}
+
+fn credential(file: &Path, key: &str) -> String {
+    std::fs::read_to_string(file).unwrap().lines().find_map(|l| l.strip_prefix(&format!("{key} = ")).map(str::to_owned)).unwrap()
+}
+
+fn totp(base32: &str, step_offset: i64) -> String {
+    let seed = totp_rs::Secret::Encoded(base32.to_owned()).to_bytes().unwrap();
+    let t = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, seed).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    t.generate(((now + 30 * step_offset) as u64 / 30) * 30)
+}
+
+/// The error code of a failed `--json` run, or "ok".
+fn outcome(o: &Output) -> String {
+    if o.status.success() {
+        return "ok".into();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("no JSON error: {}", String::from_utf8_lossy(&o.stderr)));
+    v["error"]["code"].as_str().unwrap().to_owned()
+}
+
+/// Authorized: the broker let the request through (it answers, or says the store is not
+/// connected yet). Anything that is a refusal fails the test.
+fn assert_authorized(o: &Output, what: &str) {
+    let c = outcome(o);
+    assert!(c == "ok" || c == "not_available", "{what}: expected to get past authorization, got {c}: {}", String::from_utf8_lossy(&o.stdout));
+}
+
+fn assert_refused(o: &Output, what: &str) {
+    let c = outcome(o);
+    assert!(c == "forbidden" || c == "unauthorized", "{what}: expected a refusal, got {c}: {}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(o.status.code(), Some(3), "{what}: refusals exit with 3");
+}
+
+/// Replace random ids, timestamps and tokens so output can be pinned.
+fn redact(s: &str, replace: &[(&str, &str)]) -> String {
+    let mut out = s.to_owned();
+    for (from, to) in replace {
+        out = out.replace(from, to);
+    }
+    let mut res = String::new();
+    for line in out.lines() {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                let (core, colon) = w.strip_suffix(':').map_or((w, ""), |c| (c, ":"));
+                if core.len() == 32 && core.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    format!("[ID]{colon}")
+                } else if w.len() >= 20 && w.as_bytes().get(4) == Some(&b'-') && w.contains('T') && w.ends_with('Z') {
+                    "[TIME]".to_owned()
+                } else {
+                    w.to_owned()
+                }
+            })
+            .collect();
+        res.push_str(&words.join(" "));
+        res.push('\n');
+    }
+    res
+}
+
+#[test]
+fn the_whole_share_flow() {
+    let w = World::start();
+    w.admin();
+    w.staff("drgrey", "doctor");
+
+    // The share button, offline.
+    let share = w.ok_json(&["--profile", "drgrey", "share", "--patient", PATIENT, "--expires", "2h"], &[]);
+    let token = share["token"].as_str().unwrap().to_owned();
+    let share_id = share["share_id"].as_str().unwrap().to_owned();
+    assert_eq!(share["url"].as_str().unwrap(), format!("{}/consult#token={token}", w.consultant));
+    // The caveats are what the doctor asked for, and nothing wider.
+    let m = cleave_tokens::Macaroon::parse(&token).unwrap();
+    let caveats: Vec<String> = m
+        .caveats()
+        .filter_map(|c| match c {
+            cleave_tokens::CaveatEntry::FirstParty(p) => Some(String::from_utf8_lossy(p).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert!(caveats.contains(&format!("patient = {PATIENT}")), "{caveats:?}");
+    assert!(caveats.contains(&format!("share = {share_id}")), "{caveats:?}");
+    assert!(caveats.contains(&"ops = read".to_owned()), "{caveats:?}");
+    assert!(caveats.contains(&"stores = clinical".to_owned()), "{caveats:?}");
+    assert!(!caveats.iter().any(|c| c.starts_with("cert = ")), "a share is not bound unless asked: {caveats:?}");
+
+    // The consultant reads what was shared, over the consultant listener, no certificate.
+    assert_authorized(&w.consult(&token, &["notes", PATIENT]), "consultant reads the shared patient");
+    // ...and nothing else: another patient, the identity, a write.
+    assert_refused(&w.consult(&token, &["notes", OTHER_PATIENT]), "another patient");
+    assert_refused(&w.consult(&token, &["identity", "0123456789abcdef0123456789abcdef"]), "the identity");
+    w.ok(&["--profile", "consultant", "profile", "set", "--server", &w.consultant, "--ca", w.ca().to_str().unwrap()], &[]);
+    let write = w.cleave(&["--profile", "consultant", "note", "add", PATIENT, "--text", "hello", "--json"], &[("CLEAVE_TOKEN", &token)]);
+    assert_refused(&write, "a write");
+
+    // The doctor sees the share in use and revokes it.
+    let list = w.ok_json(&["--profile", "drgrey", "shares", "list"], &[]);
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["share_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![share_id.as_str()]);
+    let human = w.ok(&["--profile", "drgrey", "shares", "list"], &[]);
+    insta::assert_snapshot!("shares_list", redact(&human, &[]));
+    let revoked = w.ok(&["--profile", "drgrey", "shares", "revoke", &share_id], &[]);
+    insta::assert_snapshot!("shares_revoke", redact(&revoked, &[]));
+
+    // The consultant fails from the next request on, with a message that says why.
+    let after = w.consult(&token, &["notes", PATIENT]);
+    assert_refused(&after, "after revocation");
+    let msg = String::from_utf8_lossy(&after.stdout).into_owned();
+    assert!(msg.contains("revoked"), "{msg}");
+    assert!(!msg.contains(&token) && !msg.contains(PATIENT), "no token or pseudonym in errors: {msg}");
+    insta::assert_snapshot!("consult_after_revoke", redact(&msg, &[(&token, "[TOKEN]")]));
+}
+
+#[test]
+fn study_share_reads_only_that_study_and_dies_with_the_grant() {
+    let w = World::start();
+    w.admin();
+    w.staff("drhouse", "doctor");
+    let share = w.ok_json(&["--profile", "drhouse", "share", "--study", STUDY], &[]);
+    let token = share["token"].as_str().unwrap().to_owned();
+    assert_eq!(share["stores"], "clinical");
+    assert_authorized(&w.consult(&token, &["retrieve", STUDY, "--out", w.home.path().join("dl").to_str().unwrap()]), "the shared study");
+    assert_refused(&w.consult(&token, &["retrieve", OTHER_STUDY, "--out", w.home.path().join("dl2").to_str().unwrap()]), "another study");
+
+    // The human form: QR code, token, link and how to revoke.
+    let human = w.ok(&["--profile", "drhouse", "share", "--study", STUDY, "--expires", "30m"], &[]);
+    assert!(human.contains('█') || human.contains('▀') || human.contains('▄'), "a QR code is drawn: {human}");
+    let tail: String = human.lines().filter(|l| !l.contains('█') && !l.contains('▀') && !l.contains('▄') && !l.trim().is_empty()).map(|l| format!("{l}\n")).collect();
+    let human_token = tail.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_owned();
+    insta::assert_snapshot!("share_human", redact(&tail, &[(&human_token, "[TOKEN]"), (&w.consultant, "https://[CONSULTANT]")]));
+
+    // Logging out (revoking the grant) kills the doctor's token and every share of it.
+    w.ok(&["--profile", "drhouse", "grant", "revoke"], &[]);
+    assert_refused(&w.consult(&token, &["retrieve", STUDY, "--out", w.home.path().join("dl3").to_str().unwrap()]), "share after grant revoke");
+    let (code, kind, _) = w.fails(&["--profile", "drhouse", "shares", "list"], &[]);
+    assert_eq!((code, kind.as_str()), (3, "unauthorized"));
+}
+
+#[test]
+fn roles_see_only_their_rows() {
+    let w = World::start();
+    w.admin();
+    w.staff("nurse1", "nurse");
+    // A nurse cannot share: the server gave no share base, and the client says so.
+    let (code, kind, msg) = w.fails(&["--profile", "nurse1", "share", "--patient", PATIENT], &[]);
+    assert_eq!((code, kind.as_str()), (2, "usage"));
+    assert!(msg.contains("doctor"), "{msg}");
+    // A nurse reads notes but cannot write them, nor administer.
+    assert_authorized(&w.cleave(&["--profile", "nurse1", "note", "list", PATIENT, "--json"], &[]), "nurse reads notes");
+    assert_refused(&w.cleave(&["--profile", "nurse1", "note", "add", PATIENT, "--text", "x", "--json"], &[]), "nurse writes a note");
+    assert_refused(&w.cleave(&["--profile", "nurse1", "admin", "users", "list", "--json"], &[]), "nurse administers");
+    // The admin lists accounts.
+    let users = w.ok(&["--profile", "admin", "admin", "users", "list"], &[]);
+    insta::assert_snapshot!("admin_users_list", users);
+    // Without a login there is no token, and the message says what to do.
+    w.person_profile("nobody", None);
+    let (code, kind, msg) = w.fails(&["--profile", "nobody", "shares", "list"], &[]);
+    assert_eq!((code, kind.as_str()), (2, "no_token"));
+    assert!(msg.contains("cleave login"), "{msg}");
+}
+
+#[test]
+fn the_session_file_is_private_and_holds_no_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::start();
+    w.admin();
+    let f = w.config_dir().join("state/admin/session.json");
+    let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&f).unwrap();
+    let pw = credential(&w.data.path().join("bootstrap/admin-credentials.txt"), "password");
+    assert!(!text.contains(&pw));
+    // The token is in it, and --token overrides it: a garbage token is refused by the server.
+    let (code, kind, _) = w.fails(&["--profile", "admin", "admin", "users", "list"], &[("CLEAVE_TOKEN", "not-a-token")]);
+    assert_eq!((code, kind.as_str()), (3, "unauthorized"));
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_cleave")).args(args).output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("cleave") && bash.contains("share"), "bash completion names the commands");
+    let man = run(&["man"]);
+    assert!(man.starts_with(".ie") || man.contains(".TH"), "roff output");
+    assert!(man.contains("share"));
+}
