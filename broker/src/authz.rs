@@ -110,6 +110,10 @@ pub(crate) fn authorize(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, 
     event.op = Some(need.op.as_str());
     event.store = Some(need.store.as_str());
     event.route = Some(need.route.to_owned());
+    // Only for the keyed references the audit trail makes of them; never serialized.
+    event.patient = need.patient.as_ref().map(|p| p.as_str().to_owned());
+    event.study = need.study.as_ref().map(|s| s.as_str().to_owned());
+    event.cert_sha256 = conn.client_cert.as_ref().map(|c| c.hex().to_owned());
     let result = check(state, conn, headers, need, &mut event);
     if let Err(e) = &result {
         event.reason = Some(e.to_string());

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::accounts::Accounts;
-use crate::audit::{AuditSink, LogSink};
+use crate::audit::{AuditSink, AuditTrail};
 use crate::config::{Config, CONFIG_FILE};
 use crate::roles::Role;
 use crate::server::{ListenerKind, Limits};
@@ -39,7 +39,7 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     pub consultant_listen: Option<SocketAddr>,
     pub dicom_listen: Option<SocketAddr>,
-    /// Replaces the audit sink (tests, and `cleave-audit` once wired).
+    /// Replaces the audit sink (default: the `cleave-audit` log in `<data>/audit/`).
     pub audit: Option<Box<dyn AuditSink>>,
 }
 
@@ -197,9 +197,19 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
         handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout_secs),
         max_connections: config.max_connections,
     };
-    let audit = opts.audit.unwrap_or_else(|| Box::new(LogSink));
+    // The audit log is opened here, not in `open`: it holds an exclusive lock on its
+    // directory for as long as this broker runs, and CLI tools call `open` alongside.
+    let (trail, _keyring) = {
+        let (dir, keyring) = (opened.data_dir.clone(), opened.keyring);
+        let every = std::time::Duration::from_secs(config.audit_checkpoint_secs);
+        let (trail, keyring) = tokio::task::spawn_blocking(move || AuditTrail::open(&dir, &keyring, every).map(|t| (t, keyring)))
+            .await
+            .map_err(|_| Error::Config("opening the audit log was interrupted".into()))??;
+        (std::sync::Arc::new(trail), keyring)
+    };
+    let audit = opts.audit.unwrap_or_else(|| Box::new(trail.clone()));
     let bootstrap = opened.bootstrap.clone();
-    let state = AppState::new(config.clone(), opened.accounts, audit);
+    let state = AppState::new(config.clone(), opened.accounts, audit, trail);
     let app = routes::router(state);
 
     let bind = |a: SocketAddr| async move {

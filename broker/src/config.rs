@@ -43,6 +43,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Login rate limits.
     pub login: LoginLimits,
+    /// Seconds between signed audit checkpoints while entries arrive (auditors can also
+    /// ask for one at any time).
+    pub audit_checkpoint_secs: u64,
+    /// Seconds an opened store (identity vault, clinical store) stays open after its last
+    /// use; 0 closes it after every request.
+    pub store_idle_secs: u64,
     /// The hospital's own PKI, used instead of the local CA when set.
     pub pki: PkiConfig,
 }
@@ -89,6 +95,8 @@ impl Default for Config {
             handshake_timeout_secs: 10,
             max_connections: 512,
             login: LoginLimits::default(),
+            audit_checkpoint_secs: 10,
+            store_idle_secs: 30,
             pki: PkiConfig::default(),
         }
     }
@@ -127,6 +135,7 @@ impl Config {
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
             ("login.window_secs", self.login.window_secs),
+            ("audit_checkpoint_secs", self.audit_checkpoint_secs),
         ] {
             if v == 0 {
                 return Err(Error::Config(format!("{name} must be greater than zero")));

@@ -60,6 +60,10 @@ pub enum Error {
     /// The route exists but not with this HTTP method.
     #[error("this route does not accept that HTTP method; see /api/v1/openapi.json")]
     MethodNotAllowed,
+    /// The audit log refused or failed; the request is refused with it, since a decision
+    /// that cannot be recorded is not taken.
+    #[error("the audit log failed ({0}); check the disk holding <data>/audit")]
+    Audit(String),
     /// A conflict with existing state (e.g. a username that already exists).
     #[error("{0}")]
     Conflict(String),

@@ -31,7 +31,7 @@ mod tls;
 mod tokens_adapter;
 
 pub use accounts::{Accounts, DeviceInfo, NewCredentials, ShareInfo, StaffInfo};
-pub use audit::{AuditEvent, AuditSink, LogSink};
+pub use audit::{AuditEvent, AuditSink, AuditTrail, LogSink, AUDIT_ORIGIN};
 pub use authz::{Caller, Need, RequestFacts};
 pub use broker::{open, start, BootstrapFiles, MasterKeySource, Opened, RunningBroker, ServeOptions, BOOTSTRAP_ADMIN};
 pub use config::{Config, LoginLimits, PkiConfig, CONFIG_FILE};

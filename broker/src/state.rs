@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use crate::accounts::Accounts;
-use crate::audit::AuditSink;
+use crate::audit::{AuditSink, AuditTrail};
 use crate::config::Config;
 use crate::ratelimit::LoginLimiter;
 
@@ -17,12 +17,15 @@ pub(crate) struct Inner {
     pub accounts: Accounts,
     pub limiter: LoginLimiter,
     pub audit: Box<dyn AuditSink>,
+    /// The log itself, for the auditor's endpoints (the sink above writes to it unless a
+    /// test replaced the sink).
+    pub trail: Arc<AuditTrail>,
 }
 
 impl AppState {
-    pub(crate) fn new(config: Config, accounts: Accounts, audit: Box<dyn AuditSink>) -> Self {
+    pub(crate) fn new(config: Config, accounts: Accounts, audit: Box<dyn AuditSink>, trail: Arc<AuditTrail>) -> Self {
         let limiter = LoginLimiter::new(config.login.clone());
-        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit }) }
+        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail }) }
     }
 }
 

@@ -86,14 +86,6 @@ pub async fn notes_write(
     }
 }
 
-/// `GET /api/v1/audit/checkpoint`: the audit log's latest signed checkpoint.
-pub async fn audit_checkpoint(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
-    match authorize(&s, &c, &h, Need::new(Op::Audit, Store::Audit, "/api/v1/audit/checkpoint")) {
-        Ok(caller) => not_wired(caller, "the audit log"),
-        Err(e) => e,
-    }
-}
-
 /// `GET /api/v1/research/export`: a de-identified extract.
 pub async fn research_export(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
     match authorize(&s, &c, &h, Need::new(Op::Export, Store::Clinical, "/api/v1/research/export")) {

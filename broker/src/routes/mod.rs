@@ -11,6 +11,7 @@ use crate::state::AppState;
 use crate::Error;
 
 mod admin;
+mod audit;
 mod data;
 mod openapi;
 mod session;
@@ -42,7 +43,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/identity/patients", get(data::identity_search).post(data::identity_create))
         .route("/api/v1/identity/patients/{patient}", get(data::identity_read))
         .route("/api/v1/clinical/patients/{patient}/notes", get(data::notes_read).post(data::notes_write))
-        .route("/api/v1/audit/checkpoint", get(data::audit_checkpoint))
+        // Auditors.
+        .route("/api/v1/audit/entries", get(audit::entries))
+        .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
+        .route("/api/v1/audit/public-key", get(audit::public_key))
+        .route("/api/v1/audit/proofs/inclusion", get(audit::inclusion))
+        .route("/api/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/api/v1/research/export", get(data::research_export))
         .route("/dicomweb/studies", get(data::qido_studies).post(data::stow))
         .route("/dicomweb/studies/{study}", get(data::wado_study))

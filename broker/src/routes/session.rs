@@ -66,7 +66,10 @@ pub async fn login(
     let cert = mtls_cert(&conn)?;
     let ip = conn.peer.ip();
     let mut event = AuditEvent::new("login", "deny");
-    event.actor = Some(req.username.chars().take(64).collect());
+    // A mistyped username may be a password typed into the wrong field: only names of
+    // existing accounts reach the audit log.
+    event.actor = Some(if state.accounts.staff_exists(&req.username)? { req.username.clone() } else { "unknown-account".to_owned() });
+    event.cert_sha256 = Some(cert.hex().to_owned());
     if let Err(secs) = state.limiter.check(&req.username, ip) {
         event.reason = Some("rate limited".into());
         state.audit.record(&event)?;
@@ -112,6 +115,7 @@ pub async fn login(
 pub async fn device_token(State(state): State<AppState>, Extension(conn): Extension<ConnInfo>) -> Result<Json<TokenResponse>, Error> {
     let cert = mtls_cert(&conn)?;
     let mut event = AuditEvent::new("device-token", "deny");
+    event.cert_sha256 = Some(cert.hex().to_owned());
     let Some(device) = state.accounts.active_device(cert.hex())? else {
         event.reason = Some("certificate not enrolled or revoked".into());
         state.audit.record(&event)?;
