@@ -1,0 +1,233 @@
+//! The values that go into and come out of the store.
+//!
+//! Records holding decrypted text (descriptions, notes, observation values) have a `Debug`
+//! that prints no content, so logging one by accident leaks nothing.
+use cleave_keys::SecretBytes;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// What the ingest path knows about one de-identified instance. UIDs are the derived
+/// (`2.25...`) ones; the pseudonym is stored as given.
+#[derive(Clone, Default)]
+pub struct InstanceMeta {
+    pub pseudonym: String,
+    /// Patient sex as DICOM codes it (`M`, `F`, `O`), if known.
+    pub sex: Option<String>,
+    pub study_uid: String,
+    /// `YYYYMMDD`.
+    pub study_date: Option<String>,
+    /// Sealed: free text that could identify.
+    pub study_description: Option<String>,
+    /// Age at the study in whole years.
+    pub age_years: Option<u16>,
+    pub body_part: Option<String>,
+    pub series_uid: String,
+    pub modality: String,
+    pub series_number: Option<i64>,
+    /// Sealed: free text that could identify.
+    pub series_description: Option<String>,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub instance_number: Option<i64>,
+    pub frames: Option<u32>,
+    /// Set when de-identification could not clean the object fully (for example burned-in
+    /// text); research exports must skip it.
+    pub not_for_research: bool,
+}
+
+impl std::fmt::Debug for InstanceMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstanceMeta(<redacted>)")
+    }
+}
+
+/// The result of a put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutOutcome {
+    /// Blob and index row are committed; `size` is the plaintext length.
+    Stored { size: u64 },
+    /// An instance with this SOP instance UID was already stored; nothing was written and
+    /// the producer was not called.
+    AlreadyStored,
+}
+
+/// A patient as the clinical store knows them: a pseudonym and little else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatientRecord {
+    pub pseudonym: String,
+    pub sex: Option<String>,
+}
+
+/// A study, for browsing and QIDO-like answers.
+#[derive(Clone)]
+pub struct StudyRecord {
+    pub study_uid: String,
+    pub pseudonym: String,
+    pub study_date: Option<String>,
+    /// Distinct modalities of the study's series, sorted.
+    pub modalities: Vec<String>,
+    pub body_part: Option<String>,
+    pub age_years: Option<u16>,
+    pub description: Option<SecretBytes>,
+    pub series_count: u64,
+    pub instance_count: u64,
+}
+
+impl std::fmt::Debug for StudyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StudyRecord(<redacted>)")
+    }
+}
+
+/// A series of a study.
+#[derive(Clone)]
+pub struct SeriesRecord {
+    pub series_uid: String,
+    pub study_uid: String,
+    pub modality: String,
+    pub series_number: Option<i64>,
+    pub description: Option<SecretBytes>,
+    pub instance_count: u64,
+}
+
+impl std::fmt::Debug for SeriesRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeriesRecord(<redacted>)")
+    }
+}
+
+/// An instance and where its blob is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub sop_instance_uid: String,
+    pub series_uid: String,
+    pub study_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub instance_number: Option<i64>,
+    /// Plaintext size of the stored object in bytes.
+    pub size: u64,
+    pub frames: Option<u32>,
+    pub not_for_research: bool,
+}
+
+impl std::fmt::Debug for InstanceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InstanceRecord({} bytes)", self.size)
+    }
+}
+
+/// A QIDO-like study search. Every field set narrows the result (AND); empty matches all.
+#[derive(Clone, Default)]
+pub struct StudyQuery {
+    pub pseudonym: Option<String>,
+    pub study_uid: Option<String>,
+    /// Inclusive bounds, `YYYYMMDD`.
+    pub date_from: Option<String>,
+    pub date_to: Option<String>,
+    /// Matches a study with at least one series of this modality.
+    pub modality: Option<String>,
+    pub body_part: Option<String>,
+    /// At most this many studies (default and cap: 1000).
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+impl std::fmt::Debug for StudyQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StudyQuery(<redacted>)")
+    }
+}
+
+/// A clinical note to add. The text is sealed.
+pub struct NewNote {
+    pub pseudonym: String,
+    /// The study it is about, if any (must already be stored).
+    pub study_uid: Option<String>,
+    /// The account id of the writer.
+    pub author: String,
+    /// RFC 3339 time it was written (care needs it).
+    pub written_at: String,
+    pub text: Zeroizing<String>,
+}
+
+/// A stored note, decrypted.
+pub struct NoteRecord {
+    pub id: String,
+    pub study_uid: Option<String>,
+    pub author: String,
+    pub written_at: String,
+    pub text: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for NoteRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NoteRecord(id {}, <redacted>)", self.id)
+    }
+}
+
+/// A typed observation value. Stored sealed as JSON (`{"type": "quantity", "value": 72.5,
+/// "unit": "kg"}`); numbers and quantities also keep their number indexable.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ObservationValue {
+    Number { value: f64 },
+    String { value: String },
+    Boolean { value: bool },
+    Quantity { value: f64, unit: String },
+    /// `YYYY-MM-DD`.
+    Date { value: String },
+}
+
+impl ObservationValue {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            ObservationValue::Number { .. } => "number",
+            ObservationValue::String { .. } => "string",
+            ObservationValue::Boolean { .. } => "boolean",
+            ObservationValue::Quantity { .. } => "quantity",
+            ObservationValue::Date { .. } => "date",
+        }
+    }
+}
+
+impl std::fmt::Debug for ObservationValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObservationValue::{}(<redacted>)", self.kind())
+    }
+}
+
+/// An observation to add.
+pub struct NewObservation {
+    pub pseudonym: String,
+    pub study_uid: Option<String>,
+    /// A coded concept (e.g. a LOINC code); indexable.
+    pub code: String,
+    /// Its display name; sealed, as users may type anything here.
+    pub name: String,
+    pub value: ObservationValue,
+    /// User-defined fields; sealed as one JSON object.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// When it was observed (RFC 3339 or `YYYY-MM-DD`).
+    pub observed_at: String,
+}
+
+/// A stored observation, decrypted.
+pub struct ObservationRecord {
+    pub id: String,
+    pub study_uid: Option<String>,
+    pub code: String,
+    pub name: Zeroizing<String>,
+    pub value: ObservationValue,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub observed_at: String,
+}
+
+impl std::fmt::Debug for ObservationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObservationRecord(id {}, <redacted>)", self.id)
+    }
+}

@@ -1,0 +1,634 @@
+//! The open clinical store: index, blobs, keys; and the on-demand wrapper that keeps it
+//! closed when idle.
+//!
+//! Layout of a store directory (mode 0700):
+//! `index.sqlite` (+ `-wal`, `-shm`) and `blobs/<first two hex digits of id>/<32 hex id>`.
+//! One process owns a store directory at a time.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cleave_keys::{durable, Keyring, OnDemand, SealContext, SecretBytes};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use zeroize::Zeroizing;
+
+use crate::blob::{BlobId, BlobReader, BlobWriter};
+use crate::records::*;
+use crate::{schema, validate, Error, StoreKeys};
+
+/// How long an on-demand store stays open after its last request.
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(30);
+const MAX_LIMIT: u32 = 1000;
+
+/// An open clinical store. Dropping it closes the database and zeroizes its keys.
+pub struct ClinicalStore {
+    blobs: PathBuf,
+    conn: Connection,
+    keys: StoreKeys,
+}
+
+impl std::fmt::Debug for ClinicalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClinicalStore")
+    }
+}
+
+fn new_id() -> String {
+    cleave_keys::random_id128()
+}
+
+impl ClinicalStore {
+    /// Open the store in `dir` (creating it if needed) and sweep what a crash may have left:
+    /// temporary blob files and blobs that no index row refers to.
+    pub fn open(dir: &Path, keys: StoreKeys) -> Result<ClinicalStore, Error> {
+        let store = Self::open_unswept(dir, keys)?;
+        store.sweep()?;
+        Ok(store)
+    }
+
+    fn open_unswept(dir: &Path, keys: StoreKeys) -> Result<ClinicalStore, Error> {
+        let blobs = dir.join("blobs");
+        if !blobs.is_dir() {
+            durable::create_private_dir(dir).map_err(|e| Error::io("creating", dir, e))?;
+            durable::create_private_dir(&blobs).map_err(|e| Error::io("creating", &blobs, e))?;
+            durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
+        }
+        let conn = schema::open(&dir.join("index.sqlite"))?;
+        Ok(ClinicalStore { blobs, conn, keys })
+    }
+
+    /// A store that opens on the first request, closes after `ttl` idle (zero: after every
+    /// request) and reopens transparently. Each opening unwraps the keys from `keyring`;
+    /// each closing drops them. The crash sweep runs once, now.
+    pub fn on_demand(dir: PathBuf, keyring: Arc<Keyring>, ttl: Duration) -> Result<Arc<OnDemand<ClinicalStore, Error>>, Error> {
+        drop(Self::open(&dir, StoreKeys::unwrap(&keyring)?)?);
+        let od = OnDemand::new("clinical-store", ttl, move || Self::open_unswept(&dir, StoreKeys::unwrap(&keyring)?));
+        if !ttl.is_zero() {
+            od.start_reaper();
+        }
+        Ok(od)
+    }
+
+    fn blob_path(&self, id: BlobId) -> PathBuf {
+        let hex = id.to_hex();
+        self.blobs.join(&hex[..2]).join(hex)
+    }
+
+    /// Remove temporary blob files, and blobs the index does not know (written, then the
+    /// process died before the index transaction committed).
+    fn sweep(&self) -> Result<(), Error> {
+        let entries = std::fs::read_dir(&self.blobs).map_err(|e| Error::io("listing", &self.blobs, e))?;
+        let mut removed = 0usize;
+        for entry in entries {
+            let sub = entry.map_err(|e| Error::io("listing", &self.blobs, e))?.path();
+            if !sub.is_dir() {
+                continue;
+            }
+            let mut touched = false;
+            for e in std::fs::read_dir(&sub).map_err(|e| Error::io("listing", &sub, e))? {
+                let path = e.map_err(|e| Error::io("listing", &sub, e))?.path();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let orphan = if name.starts_with('.') && name.ends_with(".tmp") {
+                    true
+                } else if BlobId::from_hex(&name).is_some() {
+                    let known: Option<i64> = self
+                        .conn
+                        .query_row("SELECT 1 FROM instances WHERE blob_id = ?1", [&name], |r| r.get(0))
+                        .optional()
+                        .map_err(Error::db("sweeping orphan blobs"))?;
+                    known.is_none()
+                } else {
+                    false
+                };
+                if orphan {
+                    std::fs::remove_file(&path).map_err(|e| Error::io("removing an orphan", &path, e))?;
+                    touched = true;
+                    removed += 1;
+                }
+            }
+            if touched {
+                durable::fsync_dir(&sub).map_err(|e| Error::io("syncing", &sub, e))?;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "clinical store: removed blobs left by an interrupted write");
+        }
+        Ok(())
+    }
+
+    fn seal(&self, table: &'static str, column: &'static str, row: &str, text: &str) -> Vec<u8> {
+        self.keys.sealer.seal(SealContext::new(table, column, row), text.as_bytes())
+    }
+
+    fn open_sealed(&self, table: &'static str, column: &'static str, row: &str, sealed: &[u8]) -> Result<SecretBytes, Error> {
+        self.keys
+            .sealer
+            .open(SealContext::new(table, column, row), sealed)
+            .map_err(|_| Error::SealBroken { table, column })
+    }
+
+    fn open_sealed_opt(&self, table: &'static str, column: &'static str, row: &str, sealed: Option<Vec<u8>>) -> Result<Option<SecretBytes>, Error> {
+        sealed.map(|s| self.open_sealed(table, column, row, &s)).transpose()
+    }
+
+    /// Store one de-identified instance. `write_blob` streams the object into an encrypted
+    /// blob; then the blob is made durable and the index row committed. If anything fails,
+    /// nothing is visible. If the SOP instance UID is already stored, returns
+    /// [`PutOutcome::AlreadyStored`] without calling `write_blob`.
+    pub fn put_instance<E>(&mut self, meta: InstanceMeta, write_blob: impl FnOnce(&mut BlobWriter) -> Result<(), E>) -> Result<PutOutcome, Error>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        validate_meta(&meta)?;
+        if self.instance_row(&meta.sop_instance_uid)?.is_some() {
+            return Ok(PutOutcome::AlreadyStored);
+        }
+        let id = BlobId::random();
+        let dest = self.blob_path(id);
+        if let Some(dir) = dest.parent() {
+            if !dir.is_dir() {
+                match std::fs::create_dir(dir) {
+                    Ok(()) => durable::fsync_dir(&self.blobs).map_err(|e| Error::io("syncing", &self.blobs, e))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io("creating", dir, e)),
+                }
+            }
+        }
+        let mut w = BlobWriter::create(dest.clone(), self.keys.current_blob_key(), id)?;
+        write_blob(&mut w).map_err(|e| Error::Producer(e.into()))?;
+        let written = w.finish()?;
+        match self.index_instance(&meta, id, written.plaintext_len) {
+            Ok(outcome) => {
+                if outcome == PutOutcome::AlreadyStored {
+                    remove_blob(&dest);
+                }
+                Ok(outcome)
+            }
+            Err(e) => {
+                remove_blob(&dest);
+                Err(e)
+            }
+        }
+    }
+
+    fn index_instance(&mut self, m: &InstanceMeta, blob: BlobId, size: u64) -> Result<PutOutcome, Error> {
+        let tx = self.conn.transaction().map_err(Error::db("starting a put"))?;
+        if tx
+            .query_row("SELECT 1 FROM instances WHERE sop_instance_uid = ?1", [&m.sop_instance_uid], |_| Ok(()))
+            .optional()
+            .map_err(Error::db("checking for a stored instance"))?
+            .is_some()
+        {
+            return Ok(PutOutcome::AlreadyStored);
+        }
+        let patient = upsert_patient(&tx, &m.pseudonym, m.sex.as_deref())?;
+        let study: Option<(String, String)> = tx
+            .query_row("SELECT id, patient_id FROM studies WHERE study_uid = ?1", [&m.study_uid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(Error::db("looking up a study"))?;
+        let study_id = match study {
+            Some((id, owner)) if owner == patient => id,
+            Some(_) => return Err(Error::Conflict("the study UID is already filed under another pseudonym")),
+            None => {
+                let id = new_id();
+                let desc = m.study_description.as_deref().map(|d| self.keys.sealer.seal(SealContext::new("studies", "description", &id), d.as_bytes()));
+                tx.execute(
+                    "INSERT INTO studies (id, study_uid, patient_id, study_date, body_part, age_years, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![id, m.study_uid, patient, m.study_date, m.body_part, m.age_years, desc],
+                )
+                .map_err(Error::db("adding a study"))?;
+                id
+            }
+        };
+        let series: Option<(String, String)> = tx
+            .query_row("SELECT id, study_id FROM series WHERE series_uid = ?1", [&m.series_uid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(Error::db("looking up a series"))?;
+        let series_id = match series {
+            Some((id, owner)) if owner == study_id => id,
+            Some(_) => return Err(Error::Conflict("the series UID is already filed under another study")),
+            None => {
+                let id = new_id();
+                let desc = m.series_description.as_deref().map(|d| self.keys.sealer.seal(SealContext::new("series", "description", &id), d.as_bytes()));
+                tx.execute(
+                    "INSERT INTO series (id, series_uid, study_id, modality, series_number, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, m.series_uid, study_id, m.modality, m.series_number, desc],
+                )
+                .map_err(Error::db("adding a series"))?;
+                let mods: Vec<String> = {
+                    let mut st = tx
+                        .prepare("SELECT DISTINCT modality FROM series WHERE study_id = ?1 ORDER BY modality")
+                        .map_err(Error::db("listing modalities"))?;
+                    let rows = st.query_map([&study_id], |r| r.get(0)).map_err(Error::db("listing modalities"))?;
+                    rows.collect::<Result<_, _>>().map_err(Error::db("listing modalities"))?
+                };
+                tx.execute("UPDATE studies SET modalities = ?1 WHERE id = ?2", params![mods.join("\\"), study_id])
+                    .map_err(Error::db("updating modalities"))?;
+                id
+            }
+        };
+        tx.execute(
+            "INSERT INTO instances (id, sop_instance_uid, series_id, sop_class_uid, transfer_syntax, instance_number, blob_id, size, frames, not_for_research)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                new_id(),
+                m.sop_instance_uid,
+                series_id,
+                m.sop_class_uid,
+                m.transfer_syntax,
+                m.instance_number,
+                blob.to_hex(),
+                i64::try_from(size).map_err(|_| Error::BlobTooLarge)?,
+                m.frames,
+                m.not_for_research
+            ],
+        )
+        .map_err(Error::db("adding an instance"))?;
+        tx.commit().map_err(Error::db("committing a put"))?;
+        Ok(PutOutcome::Stored { size })
+    }
+
+    fn instance_row(&self, sop_uid: &str) -> Result<Option<(InstanceRecord, String)>, Error> {
+        self.conn
+            .query_row(
+                "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
+                        i.instance_number, i.size, i.frames, i.not_for_research, i.blob_id
+                 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
+                 WHERE i.sop_instance_uid = ?1",
+                [sop_uid],
+                |r| Ok((instance_from_row(r)?, r.get::<_, String>(9)?)),
+            )
+            .optional()
+            .map_err(Error::db("looking up an instance"))
+    }
+
+    /// The index record of one instance.
+    pub fn instance(&self, sop_instance_uid: &str) -> Result<InstanceRecord, Error> {
+        validate::uid("SOP instance UID", sop_instance_uid)?;
+        self.instance_row(sop_instance_uid)?.map(|(r, _)| r).ok_or(Error::NotFound("instance"))
+    }
+
+    /// Open an instance's blob for streaming. The reader outlives the store: it holds its
+    /// own file handle and a key for this blob only.
+    pub fn open_instance(&self, sop_instance_uid: &str) -> Result<BlobReader, Error> {
+        validate::uid("SOP instance UID", sop_instance_uid)?;
+        let (rec, blob) = self.instance_row(sop_instance_uid)?.ok_or(Error::NotFound("instance"))?;
+        let id = BlobId::from_hex(&blob).ok_or(Error::BlobMalformed("the index holds an invalid blob id"))?;
+        BlobReader::open(&self.blob_path(id), &self.keys.blob_keys, id, rec.size)
+    }
+
+    /// The patient with this pseudonym, if the store knows them.
+    pub fn patient(&self, pseudonym: &str) -> Result<Option<PatientRecord>, Error> {
+        validate::pseudonym(pseudonym)?;
+        self.conn
+            .query_row("SELECT pseudonym, sex FROM patients WHERE pseudonym = ?1", [pseudonym], |r| {
+                Ok(PatientRecord { pseudonym: r.get(0)?, sex: r.get(1)? })
+            })
+            .optional()
+            .map_err(Error::db("looking up a patient"))
+    }
+
+    /// Studies matching a QIDO-like query, newest study date first.
+    pub fn find_studies(&self, q: &StudyQuery) -> Result<Vec<StudyRecord>, Error> {
+        let mut sql = String::from(
+            "SELECT st.id, st.study_uid, p.pseudonym, st.study_date, st.modalities, st.body_part, st.age_years, st.description,
+                    (SELECT COUNT(*) FROM series se WHERE se.study_id = st.id),
+                    (SELECT COUNT(*) FROM instances i JOIN series se ON se.id = i.series_id WHERE se.study_id = st.id)
+             FROM studies st JOIN patients p ON p.id = st.patient_id WHERE 1=1",
+        );
+        let mut args: Vec<String> = Vec::new();
+        if let Some(p) = &q.pseudonym {
+            validate::pseudonym(p)?;
+            args.push(p.clone());
+            sql.push_str(&format!(" AND p.pseudonym = ?{}", args.len()));
+        }
+        if let Some(u) = &q.study_uid {
+            validate::uid("study UID", u)?;
+            args.push(u.clone());
+            sql.push_str(&format!(" AND st.study_uid = ?{}", args.len()));
+        }
+        if let Some(d) = &q.date_from {
+            validate::dicom_date("date_from", d)?;
+            args.push(d.clone());
+            sql.push_str(&format!(" AND st.study_date >= ?{}", args.len()));
+        }
+        if let Some(d) = &q.date_to {
+            validate::dicom_date("date_to", d)?;
+            args.push(d.clone());
+            sql.push_str(&format!(" AND st.study_date <= ?{}", args.len()));
+        }
+        if let Some(m) = &q.modality {
+            validate::code_string("modality", m)?;
+            args.push(m.clone());
+            sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM series se WHERE se.study_id = st.id AND se.modality = ?{})", args.len()));
+        }
+        if let Some(b) = &q.body_part {
+            validate::code_string("body part", b)?;
+            args.push(b.clone());
+            sql.push_str(&format!(" AND st.body_part = ?{}", args.len()));
+        }
+        let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
+        sql.push_str(&format!(" ORDER BY st.study_date DESC, st.study_uid LIMIT {limit} OFFSET {}", q.offset));
+        let mut st = self.conn.prepare(&sql).map_err(Error::db("searching studies"))?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    StudyRecord {
+                        study_uid: r.get(1)?,
+                        pseudonym: r.get(2)?,
+                        study_date: r.get(3)?,
+                        modalities: split_modalities(&r.get::<_, String>(4)?),
+                        body_part: r.get(5)?,
+                        age_years: r.get(6)?,
+                        description: None,
+                        series_count: r.get::<_, i64>(8)?.try_into().unwrap_or(0),
+                        instance_count: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
+                    },
+                    r.get::<_, Option<Vec<u8>>>(7)?,
+                ))
+            })
+            .map_err(Error::db("searching studies"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, mut rec, desc) = row.map_err(Error::db("searching studies"))?;
+            rec.description = self.open_sealed_opt("studies", "description", &id, desc)?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The series of a study, by series number.
+    pub fn list_series(&self, study_uid: &str) -> Result<Vec<SeriesRecord>, Error> {
+        validate::uid("study UID", study_uid)?;
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT se.id, se.series_uid, st.study_uid, se.modality, se.series_number, se.description,
+                        (SELECT COUNT(*) FROM instances i WHERE i.series_id = se.id)
+                 FROM series se JOIN studies st ON st.id = se.study_id WHERE st.study_uid = ?1
+                 ORDER BY se.series_number, se.series_uid",
+            )
+            .map_err(Error::db("listing series"))?;
+        let rows = st
+            .query_map([study_uid], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    SeriesRecord {
+                        series_uid: r.get(1)?,
+                        study_uid: r.get(2)?,
+                        modality: r.get(3)?,
+                        series_number: r.get(4)?,
+                        description: None,
+                        instance_count: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+                    },
+                    r.get::<_, Option<Vec<u8>>>(5)?,
+                ))
+            })
+            .map_err(Error::db("listing series"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, mut rec, desc) = row.map_err(Error::db("listing series"))?;
+            rec.description = self.open_sealed_opt("series", "description", &id, desc)?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The instances of a series, by instance number.
+    pub fn list_instances(&self, series_uid: &str) -> Result<Vec<InstanceRecord>, Error> {
+        validate::uid("series UID", series_uid)?;
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
+                        i.instance_number, i.size, i.frames, i.not_for_research
+                 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
+                 WHERE se.series_uid = ?1 ORDER BY i.instance_number, i.sop_instance_uid",
+            )
+            .map_err(Error::db("listing instances"))?;
+        let rows = st.query_map([series_uid], instance_from_row).map_err(Error::db("listing instances"))?;
+        rows.collect::<Result<_, _>>().map_err(Error::db("listing instances"))
+    }
+
+    fn study_id_for(tx: &Connection, patient: &str, study_uid: Option<&str>) -> Result<Option<String>, Error> {
+        let Some(uid) = study_uid else { return Ok(None) };
+        validate::uid("study UID", uid)?;
+        let row: Option<(String, String)> = tx
+            .query_row("SELECT id, patient_id FROM studies WHERE study_uid = ?1", [uid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(Error::db("looking up a study"))?;
+        match row {
+            None => Err(Error::NotFound("study")),
+            Some((_, owner)) if owner != patient => Err(Error::Conflict("the study belongs to another pseudonym")),
+            Some((id, _)) => Ok(Some(id)),
+        }
+    }
+
+    /// Add a note; its text is sealed. Returns the note's id.
+    pub fn add_note(&mut self, note: NewNote) -> Result<String, Error> {
+        validate::pseudonym(&note.pseudonym)?;
+        validate::token("author", &note.author)?;
+        validate::timestamp("written_at", &note.written_at)?;
+        let tx = self.conn.unchecked_transaction().map_err(Error::db("adding a note"))?;
+        let patient = upsert_patient(&tx, &note.pseudonym, None)?;
+        let study = Self::study_id_for(&tx, &patient, note.study_uid.as_deref())?;
+        let id = new_id();
+        let body = self.seal("notes", "body", &id, &note.text);
+        tx.execute(
+            "INSERT INTO notes (id, patient_id, study_id, author, written_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, patient, study, note.author, note.written_at, body],
+        )
+        .map_err(Error::db("adding a note"))?;
+        tx.commit().map_err(Error::db("adding a note"))?;
+        Ok(id)
+    }
+
+    /// A patient's notes, oldest first, decrypted.
+    pub fn list_notes(&self, pseudonym: &str) -> Result<Vec<NoteRecord>, Error> {
+        validate::pseudonym(pseudonym)?;
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT n.id, st.study_uid, n.author, n.written_at, n.body
+                 FROM notes n JOIN patients p ON p.id = n.patient_id LEFT JOIN studies st ON st.id = n.study_id
+                 WHERE p.pseudonym = ?1 ORDER BY n.written_at, n.id",
+            )
+            .map_err(Error::db("listing notes"))?;
+        let rows = st
+            .query_map([pseudonym], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, Vec<u8>>(4)?))
+            })
+            .map_err(Error::db("listing notes"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, study_uid, author, written_at, body) = row.map_err(Error::db("listing notes"))?;
+            let text = self.open_sealed("notes", "body", &id, &body)?;
+            let text = text.as_str().ok_or(Error::SealBroken { table: "notes", column: "body" })?;
+            out.push(NoteRecord { id, study_uid, author, written_at, text: Zeroizing::new(text.to_owned()) });
+        }
+        Ok(out)
+    }
+
+    /// Add an observation; name, value and user fields are sealed, while the code, the kind,
+    /// a numeric value and its unit stay indexable. Returns the observation's id.
+    pub fn add_observation(&mut self, obs: NewObservation) -> Result<String, Error> {
+        validate::pseudonym(&obs.pseudonym)?;
+        validate::token("observation code", &obs.code)?;
+        validate::timestamp("observed_at", &obs.observed_at)?;
+        let (number, unit) = match &obs.value {
+            ObservationValue::Number { value } => (Some(*value), None),
+            ObservationValue::Quantity { value, unit } => {
+                validate::token("unit", unit)?;
+                (Some(*value), Some(unit.clone()))
+            }
+            _ => (None, None),
+        };
+        if number.is_some_and(|n| !n.is_finite()) {
+            return Err(Error::InvalidInput { field: "observation value", rule: "numbers must be finite" });
+        }
+        if let ObservationValue::Date { value } = &obs.value {
+            validate::timestamp("observation date", value)?;
+        }
+        let value_json = Zeroizing::new(serde_json::to_string(&obs.value).map_err(|_| Error::InvalidInput {
+            field: "observation value",
+            rule: "must serialise as JSON",
+        })?);
+        let fields_json = Zeroizing::new(serde_json::to_string(&obs.fields).map_err(|_| Error::InvalidInput {
+            field: "observation fields",
+            rule: "must serialise as JSON",
+        })?);
+        let tx = self.conn.unchecked_transaction().map_err(Error::db("adding an observation"))?;
+        let patient = upsert_patient(&tx, &obs.pseudonym, None)?;
+        let study = Self::study_id_for(&tx, &patient, obs.study_uid.as_deref())?;
+        let id = new_id();
+        tx.execute(
+            "INSERT INTO observations (id, patient_id, study_id, code, kind, number, unit, observed_at, name, value, fields)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                id,
+                patient,
+                study,
+                obs.code,
+                obs.value.kind(),
+                number,
+                unit,
+                obs.observed_at,
+                self.seal("observations", "name", &id, &obs.name),
+                self.seal("observations", "value", &id, &value_json),
+                self.seal("observations", "fields", &id, &fields_json)
+            ],
+        )
+        .map_err(Error::db("adding an observation"))?;
+        tx.commit().map_err(Error::db("adding an observation"))?;
+        Ok(id)
+    }
+
+    /// A patient's observations, optionally of one code, oldest first, decrypted.
+    pub fn list_observations(&self, pseudonym: &str, code: Option<&str>) -> Result<Vec<ObservationRecord>, Error> {
+        validate::pseudonym(pseudonym)?;
+        if let Some(c) = code {
+            validate::token("observation code", c)?;
+        }
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT o.id, st.study_uid, o.code, o.kind, o.observed_at, o.name, o.value, o.fields
+                 FROM observations o JOIN patients p ON p.id = o.patient_id LEFT JOIN studies st ON st.id = o.study_id
+                 WHERE p.pseudonym = ?1 AND (?2 IS NULL OR o.code = ?2) ORDER BY o.observed_at, o.id",
+            )
+            .map_err(Error::db("listing observations"))?;
+        type Row6 = (String, Option<String>, String, String, String, Vec<u8>, Vec<u8>, Vec<u8>);
+        let rows = st
+            .query_map(params![pseudonym, code], |r| -> rusqlite::Result<Row6> {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+            })
+            .map_err(Error::db("listing observations"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, study_uid, code, kind, observed_at, name, value, fields) = row.map_err(Error::db("listing observations"))?;
+            let name = self.open_sealed("observations", "name", &id, &name)?;
+            let value = self.open_sealed("observations", "value", &id, &value)?;
+            let fields = self.open_sealed("observations", "fields", &id, &fields)?;
+            let broken = |column| Error::SealBroken { table: "observations", column };
+            let value: ObservationValue = serde_json::from_slice(value.expose()).map_err(|_| broken("value"))?;
+            // The indexable kind must agree with the sealed value, or the row was edited.
+            if value.kind() != kind {
+                return Err(broken("value"));
+            }
+            let fields = serde_json::from_slice(fields.expose()).map_err(|_| broken("fields"))?;
+            let name = Zeroizing::new(name.as_str().ok_or_else(|| broken("name"))?.to_owned());
+            out.push(ObservationRecord { id, study_uid, code, name, value, fields, observed_at });
+        }
+        Ok(out)
+    }
+}
+
+fn remove_blob(path: &Path) {
+    if std::fs::remove_file(path).is_ok() {
+        if let Some(dir) = path.parent() {
+            let _ = durable::fsync_dir(dir);
+        }
+    }
+}
+
+fn split_modalities(s: &str) -> Vec<String> {
+    s.split('\\').filter(|m| !m.is_empty()).map(str::to_owned).collect()
+}
+
+fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
+    Ok(InstanceRecord {
+        sop_instance_uid: r.get(0)?,
+        series_uid: r.get(1)?,
+        study_uid: r.get(2)?,
+        sop_class_uid: r.get(3)?,
+        transfer_syntax: r.get(4)?,
+        instance_number: r.get(5)?,
+        size: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+        frames: r.get(7)?,
+        not_for_research: r.get(8)?,
+    })
+}
+
+/// The patient row's id for a pseudonym, creating it if new; records sex if newly known.
+fn upsert_patient(tx: &Connection, pseudonym: &str, sex: Option<&str>) -> Result<String, Error> {
+    let found: Option<(String, Option<String>)> = tx
+        .query_row("SELECT id, sex FROM patients WHERE pseudonym = ?1", [pseudonym], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(Error::db("looking up a patient"))?;
+    match found {
+        Some((id, known)) => {
+            if known.is_none() && sex.is_some() {
+                tx.execute("UPDATE patients SET sex = ?1 WHERE id = ?2", params![sex, id])
+                    .map_err(Error::db("updating a patient"))?;
+            }
+            Ok(id)
+        }
+        None => {
+            let id = new_id();
+            tx.execute("INSERT INTO patients (id, pseudonym, sex) VALUES (?1, ?2, ?3)", params![id, pseudonym, sex])
+                .map_err(Error::db("adding a patient"))?;
+            Ok(id)
+        }
+    }
+}
+
+fn validate_meta(m: &InstanceMeta) -> Result<(), Error> {
+    validate::pseudonym(&m.pseudonym)?;
+    if let Some(s) = &m.sex {
+        validate::sex(s)?;
+    }
+    validate::uid("study UID", &m.study_uid)?;
+    validate::uid("series UID", &m.series_uid)?;
+    validate::uid("SOP instance UID", &m.sop_instance_uid)?;
+    validate::uid("SOP class UID", &m.sop_class_uid)?;
+    validate::uid("transfer syntax UID", &m.transfer_syntax)?;
+    validate::code_string("modality", &m.modality)?;
+    if let Some(b) = &m.body_part {
+        validate::code_string("body part", b)?;
+    }
+    if let Some(d) = &m.study_date {
+        validate::dicom_date("study date", d)?;
+    }
+    Ok(())
+}
