@@ -133,6 +133,23 @@ async fn token_replayed_from_other_certificate_is_refused() {
     assert!(request(b.addr(), foreign, "GET", &path, &[("Authorization", &auth)], b"").await.is_err());
     // Still fine for its owner.
     assert!(allowed(&call(b.addr(), nurse.cfg.clone(), "GET", &path, &nurse.token).await));
+
+    // Residual risk written down in THREATS.md (T5): a doctor's `share_base` is not bound
+    // to any certificate. Whoever steals it from the doctor's client adds a `share`
+    // caveat and reads every patient's identity and clinical data on the consultant
+    // listener, with no certificate, until the shift ends or the grant is revoked. This
+    // check keeps the document honest: when the broker closes the gap it fails, and the
+    // row must be updated.
+    let doctor = person(&b, "doctor", broker::Role::Doctor).await;
+    let stolen = doctor.share_base.expect("a doctor's login carries a share base");
+    let forged = attenuate(&stolen, &[Caveat::Share(ShareId::parse(&cleave_keys::random_id128()).unwrap())]).unwrap();
+    let anon = b.client(None);
+    assert!(allowed(&call(b.consultant(), anon.clone(), "GET", "/api/v1/identity/patients", &forged).await), "T5 residual risk no longer holds: update THREATS.md");
+    assert!(allowed(&call(b.consultant(), anon.clone(), "GET", &notes(OTHER_PATIENT), &forged).await));
+    // It is read only, and dies with the doctor's grant.
+    assert_eq!(call(b.consultant(), anon.clone(), "POST", &notes(PATIENT), &forged).await.status, 403);
+    assert_eq!(call(b.addr(), doctor.cfg.clone(), "POST", "/api/v1/grants/current/revoke", &doctor.token).await.status, 200);
+    assert!(matches!(call(b.consultant(), anon, "GET", "/api/v1/identity/patients", &forged).await.status, 401 | 403));
 }
 
 #[tokio::test]

@@ -399,3 +399,40 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+// ---------------------------------------------------------------------------------------
+// Process memory scanning (T3): every readable private mapping of a live process, read
+// through /proc/<pid>/mem (needs root or ptrace rights over the child).
+// ---------------------------------------------------------------------------------------
+
+/// Hits of each needle in process `pid`'s readable memory (file-backed read-only mappings
+/// skipped: they hold code and constants, not request data), as "what: Nx in region".
+pub fn scan_process_memory(pid: u32, needles: &[(&str, Vec<u8>)]) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut hits = Vec::new();
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 2 || !f[1].starts_with('r') {
+            continue;
+        }
+        let name = f.get(5).copied().unwrap_or("[anon]");
+        if name.starts_with('/') && !f[1].contains('w') {
+            continue;
+        }
+        let Some((a, b)) = f[0].split_once('-') else { continue };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        for (what, n) in needles {
+            let c = buf.windows(n.len()).filter(|w| w == n).count();
+            if c > 0 {
+                hits.push(format!("{what}: {c}x in {name} {}", f[0]));
+            }
+        }
+    }
+    hits
+}
