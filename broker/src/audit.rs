@@ -35,10 +35,10 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     /// The SHA-256 fingerprint (hex) of the client certificate, if any.
     pub cert_sha256: Option<String>,
-    /// The patient (pseudonym) the request concerns. Never serialized: the trail stores
-    /// only its keyed reference.
+    /// The patients (pseudonyms) the request concerns. Never serialized: the trail stores
+    /// only their keyed references.
     #[serde(skip)]
-    pub patient: Option<String>,
+    pub patients: Vec<String>,
     /// The study (UID) the request concerns. Never serialized, like `patient`.
     #[serde(skip)]
     pub study: Option<String>,
@@ -57,7 +57,7 @@ impl AuditEvent {
             route: None,
             reason: None,
             cert_sha256: None,
-            patient: None,
+            patients: Vec::new(),
             study: None,
         }
     }
@@ -135,7 +135,7 @@ impl AuditTrail {
             _ => Outcome::error(kind_token(e.reason.as_deref().unwrap_or("failed"))),
         };
         let mut entry = Entry::new(actor_of(e), operation, outcome);
-        if let Some(p) = &e.patient {
+        for p in &e.patients {
             entry = entry.with_resource(self.refs.patient_ref(p));
         }
         if let Some(s) = &e.study {
@@ -174,6 +174,10 @@ fn operation_of(e: &AuditEvent) -> Option<Operation> {
         "key-rotate" => Operation::KeyRotate,
         "share-used" => Operation::ShareUsed,
         "access" => access_operation(e),
+        // Data-path follow-ups, recorded once the store named the patients touched.
+        "identity-read" => Operation::IdentityRead,
+        "identity-search" => Operation::IdentitySearch,
+        "identity-write" => Operation::IdentityWrite,
         _ => return None,
     })
 }

@@ -111,7 +111,7 @@ pub(crate) fn authorize(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, 
     event.store = Some(need.store.as_str());
     event.route = Some(need.route.to_owned());
     // Only for the keyed references the audit trail makes of them; never serialized.
-    event.patient = need.patient.as_ref().map(|p| p.as_str().to_owned());
+    event.patients = need.patient.iter().map(|p| p.as_str().to_owned()).collect();
     event.study = need.study.as_ref().map(|s| s.as_str().to_owned());
     event.cert_sha256 = conn.client_cert.as_ref().map(|c| c.hex().to_owned());
     let result = check(state, conn, headers, need, &mut event);
@@ -131,10 +131,7 @@ fn check(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, need: Need, eve
     let grant = state.accounts.live_grant(&grant_id)?.ok_or_else(|| {
         Error::unauthorized("the token's grant has been revoked or has expired: log in again for a new token")
     })?;
-    event.actor = Some(match &grant.subject {
-        Subject::Staff(u) => u.clone(),
-        Subject::Device(fp) => format!("device:{}", &fp[..fp.len().min(16)]),
-    });
+    event.actor = Some(actor_name(&grant.subject));
     let facts = RequestFacts {
         op: need.op,
         store: need.store,
@@ -175,6 +172,25 @@ fn check(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, need: Need, eve
         }
     }
     Ok(Caller { grant_id, subject: grant.subject, share_id: shares.into_iter().next(), proof })
+}
+
+fn actor_name(subject: &Subject) -> String {
+    match subject {
+        Subject::Staff(u) => u.clone(),
+        Subject::Device(fp) => format!("device:{}", fp.get(..16).unwrap_or(fp)),
+    }
+}
+
+impl Caller {
+    /// An audit event for something this caller did after authorization (the data-path
+    /// follow-up that names the patients a store answered with).
+    pub(crate) fn event(&self, action: &'static str, outcome: &'static str) -> AuditEvent {
+        let mut e = AuditEvent::new(action, outcome);
+        e.actor = Some(actor_name(&self.subject));
+        e.grant_id = Some(self.grant_id.clone());
+        e.share_id = self.share_id.clone();
+        e
+    }
 }
 
 /// Check a token for an action on its own grant (revoking it). There is no store involved,

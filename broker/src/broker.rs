@@ -199,7 +199,7 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
     };
     // The audit log is opened here, not in `open`: it holds an exclusive lock on its
     // directory for as long as this broker runs, and CLI tools call `open` alongside.
-    let (trail, _keyring) = {
+    let (trail, keyring) = {
         let (dir, keyring) = (opened.data_dir.clone(), opened.keyring);
         let every = std::time::Duration::from_secs(config.audit_checkpoint_secs);
         let (trail, keyring) = tokio::task::spawn_blocking(move || AuditTrail::open(&dir, &keyring, every).map(|t| (t, keyring)))
@@ -209,7 +209,9 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
     };
     let audit = opts.audit.unwrap_or_else(|| Box::new(trail.clone()));
     let bootstrap = opened.bootstrap.clone();
-    let state = AppState::new(config.clone(), opened.accounts, audit, trail);
+    let idle = std::time::Duration::from_secs(config.store_idle_secs);
+    let stores = crate::stores::Stores::new(&opened.data_dir, std::sync::Arc::new(std::sync::RwLock::new(keyring)), idle)?;
+    let state = AppState::new(config.clone(), opened.accounts, audit, trail, stores);
     let app = routes::router(state);
 
     let bind = |a: SocketAddr| async move {

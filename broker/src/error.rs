@@ -64,6 +64,9 @@ pub enum Error {
     /// that cannot be recorded is not taken.
     #[error("the audit log failed ({0}); check the disk holding <data>/audit")]
     Audit(String),
+    /// A store (identity vault, clinical store) failed; the detail is PHI-free.
+    #[error("{0}")]
+    Store(String),
     /// A conflict with existing state (e.g. a username that already exists).
     #[error("{0}")]
     Conflict(String),

@@ -27,6 +27,7 @@ mod roles;
 mod routes;
 mod server;
 mod state;
+mod stores;
 mod tls;
 mod tokens_adapter;
 

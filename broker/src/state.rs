@@ -5,6 +5,7 @@ use crate::accounts::Accounts;
 use crate::audit::{AuditSink, AuditTrail};
 use crate::config::Config;
 use crate::ratelimit::LoginLimiter;
+use crate::stores::Stores;
 
 /// Shared by all handlers of one broker.
 #[derive(Clone)]
@@ -20,12 +21,13 @@ pub(crate) struct Inner {
     /// The log itself, for the auditor's endpoints (the sink above writes to it unless a
     /// test replaced the sink).
     pub trail: Arc<AuditTrail>,
+    pub stores: Stores,
 }
 
 impl AppState {
-    pub(crate) fn new(config: Config, accounts: Accounts, audit: Box<dyn AuditSink>, trail: Arc<AuditTrail>) -> Self {
+    pub(crate) fn new(config: Config, accounts: Accounts, audit: Box<dyn AuditSink>, trail: Arc<AuditTrail>, stores: Stores) -> Self {
         let limiter = LoginLimiter::new(config.login.clone());
-        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail }) }
+        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail, stores }) }
     }
 }
 

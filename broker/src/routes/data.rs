@@ -19,39 +19,6 @@ fn not_wired(_caller: Caller, what: &'static str) -> Error {
     Error::NotWired(what)
 }
 
-/// `GET /api/v1/identity/patients`: search identities.
-pub async fn identity_search(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
-    match authorize(&s, &c, &h, Need::new(Op::Read, Store::Identity, "/api/v1/identity/patients")) {
-        Ok(caller) => not_wired(caller, "the identity store"),
-        Err(e) => e,
-    }
-}
-
-/// `POST /api/v1/identity/patients`: register a patient.
-pub async fn identity_create(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
-    match authorize(&s, &c, &h, Need::new(Op::Write, Store::Identity, "/api/v1/identity/patients")) {
-        Ok(caller) => not_wired(caller, "the identity store"),
-        Err(e) => e,
-    }
-}
-
-/// `GET /api/v1/identity/patients/{patient}`.
-pub async fn identity_read(
-    State(s): State<AppState>,
-    Extension(c): Extension<ConnInfo>,
-    Path(patient): Path<String>,
-    h: HeaderMap,
-) -> Error {
-    // The path names an identity id, not a pseudonym: a token limited to one patient is
-    // refused here until the identity vault maps the id to its pseudonym (fail closed).
-    let _ = patient;
-    let need = Need::new(Op::Read, Store::Identity, "/api/v1/identity/patients/{patient}");
-    match authorize(&s, &c, &h, need) {
-        Ok(caller) => not_wired(caller, "the identity store"),
-        Err(e) => e,
-    }
-}
-
 /// `GET /api/v1/clinical/patients/{patient}/notes` (patient = pseudonym).
 pub async fn notes_read(
     State(s): State<AppState>,

@@ -13,6 +13,7 @@ use crate::Error;
 mod admin;
 mod audit;
 mod data;
+mod identity;
 mod openapi;
 mod session;
 mod shares;
@@ -40,8 +41,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/admin/devices", get(admin::list_devices))
         .route("/api/v1/admin/devices/{fingerprint}/revoke", post(admin::revoke_device))
         // The data path: authorization is in place; the stores are wired in a later step.
-        .route("/api/v1/identity/patients", get(data::identity_search).post(data::identity_create))
-        .route("/api/v1/identity/patients/{patient}", get(data::identity_read))
+        // Identity vault.
+        .route("/api/v1/identity/patients", get(identity::search).post(identity::create))
+        .route("/api/v1/identity/patients/{patient}", get(identity::read).patch(identity::update))
         .route("/api/v1/clinical/patients/{patient}/notes", get(data::notes_read).post(data::notes_write))
         // Auditors.
         .route("/api/v1/audit/entries", get(audit::entries))

@@ -1,0 +1,60 @@
+//! The two stores, opened on demand, and the only way handlers reach them.
+//!
+//! Each store is an [`OnDemand`]: closed (keys zeroized, files shut) until a request needs
+//! it, closed again after `store_idle_secs` without use. Access goes through
+//! [`with_vault`], which takes the [`Caller`] that only `authz::authorize` can make, so no
+//! code path reaches a store without a verified token; the blocking SQLite work runs on
+//! tokio's blocking pool.
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use cleave_keys::{Keyring, OnDemand};
+use identity_vault::Vault;
+
+use crate::authz::Caller;
+use crate::state::AppState;
+use crate::Error;
+
+/// The stores of one broker.
+pub(crate) struct Stores {
+    pub vault: Arc<OnDemand<Vault, identity_vault::Error>>,
+}
+
+impl Stores {
+    /// `<data>/identity/vault.db`, opened on first use.
+    pub(crate) fn new(data_dir: &Path, keyring: Arc<RwLock<Keyring>>, idle: Duration) -> Result<Stores, Error> {
+        let dir = data_dir.join("identity");
+        cleave_keys::durable::create_private_dir(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        Ok(Stores { vault: Vault::on_demand(dir.join("vault.db"), keyring, idle) })
+    }
+}
+
+/// A vault error as an HTTP answer. The vault's messages name fields and rules, never
+/// values, so they can be shown.
+fn vault_error(e: identity_vault::Error) -> Error {
+    use identity_vault::Error as V;
+    match e {
+        V::NoSuchIdentity => Error::not_found("identity"),
+        V::NoSuchReviewItem => Error::not_found("review item"),
+        e @ (V::InvalidInput { .. } | V::EmptyQuery | V::MalformedPseudonym | V::BadResolution(_)) => {
+            Error::bad_request(e.to_string())
+        }
+        V::StudyConflict => Error::Conflict(V::StudyConflict.to_string()),
+        e => Error::Store(format!("identity vault: {e}")),
+    }
+}
+
+/// Run `f` on the open identity vault for an authorized caller.
+pub(crate) async fn with_vault<R: Send + 'static>(
+    state: &AppState,
+    _caller: &Caller,
+    f: impl FnOnce(&mut Vault) -> Result<R, identity_vault::Error> + Send + 'static,
+) -> Result<R, Error> {
+    let vault = state.stores.vault.clone();
+    tokio::task::spawn_blocking(move || vault.with(f))
+        .await
+        .map_err(|_| Error::Store("an identity vault call was interrupted".into()))?
+        .map_err(vault_error)?
+        .map_err(vault_error)
+}
