@@ -208,6 +208,15 @@ def stow_body(data, boundary):
     )
 
 
+def http_reason(r):
+    """`HTTP 501 not_wired` from a JSON error body, else the status and a short excerpt."""
+    try:
+        code = r.json()["error"]["code"]
+        return f"HTTP {r.status_code} {code}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {r.status_code} {' '.join(r.text[:60].split())}"
+
+
 def percentile(xs, p):
     if not xs:
         return None
@@ -239,6 +248,14 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.proc = None
+
+
+def _session():
+    # Loopback only: ignore proxy and CA-bundle environment variables (REQUESTS_CA_BUNDLE
+    # would override the session's own CA and refuse our server's local CA).
+    s = requests.Session()
+    s.trust_env = False
+    return s
 
 
 def wait_http(url, session, deadline_s=60):
@@ -307,18 +324,18 @@ class Orthanc(Server):
         self.proc = subprocess.Popen(["/usr/sbin/Orthanc", path], stdout=self.logf, stderr=subprocess.STDOUT)
         PROCS.append(self.proc)
         self.base = f"http://127.0.0.1:{self.http}"
-        self.s = requests.Session()
+        self.s = _session()
         r = wait_http(self.base + "/system", self.s)
         if r.status_code != 200:
             raise RuntimeError(f"Orthanc /system answered {r.status_code}")
         self.dicomweb = self.base + "/dicom-web"
 
     def session(self):
-        return requests.Session()
+        return _session()
 
     def insert_tiny(self, session, data):
         r = session.post(self.base + "/instances", data=data, headers={"Content-Type": "application/dicom"}, timeout=60)
-        return r.status_code == 200
+        return True if r.status_code == 200 else http_reason(r)
 
     def storescu_tls(self):
         return bool(self.pki) and not self.tls_note
@@ -386,14 +403,14 @@ class Cleave(Server):
                 if "=" in line:
                     k, v = line.split("=", 1)
                     creds[k.strip()] = v.strip()
-        s = requests.Session()
+        s = _session()
         s.cert, s.verify = self.dev, self.ca
         wait_http(self.base + "/api/v1/openapi.json", s)
         r = s.post(self.base + "/api/v1/device/token", timeout=30)
         if r.status_code != 200:
             raise RuntimeError(f"device token refused ({r.status_code})")
         self.dev_token = r.json()["token"]
-        s2 = requests.Session()
+        s2 = _session()
         s2.cert, s2.verify = self.doc, self.ca
         r = s2.post(self.base + "/api/v1/login", json={
             "username": "benchdoc", "password": creds.get("password", ""),
@@ -405,7 +422,7 @@ class Cleave(Server):
         self.dicomweb = self.base + "/dicomweb"
 
     def session(self, role="modality"):
-        s = requests.Session()
+        s = _session()
         s.verify = self.ca
         if role == "modality":
             s.cert = self.dev
@@ -419,7 +436,7 @@ class Cleave(Server):
         b = uuid.uuid4().hex
         r = session.post(self.dicomweb + "/studies", data=stow_body(data, b), timeout=60,
                          headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={b}'})
-        return r.status_code == 200
+        return True if r.status_code == 200 else http_reason(r)
 
 
 def totp(b32):
@@ -462,11 +479,11 @@ def stow(server, paths, clients, read_session=None, time_limit=900):
                     "Accept": "application/dicom+json"})
             except requests.RequestException as e:
                 with lock:
-                    fails.append(f"request failed ({type(e).__name__})")
+                    fails.append(f"connection closed by the server mid-upload ({type(e).__name__})")
                 continue
             if r.status_code != 200:
                 with lock:
-                    fails.append(f"HTTP {r.status_code} {r.text[:120]!r}")
+                    fails.append(http_reason(r))
                 continue
             try:
                 seq = r.json().get("00081199", {}).get("Value", [])
@@ -562,8 +579,9 @@ def big_upload(server, path):
         t.join(timeout=5)
     server.note_peak()
     res["idle_rss_mib"] = round(idle / 1024, 1)
-    res["peak_rss_mib"] = round(peak[0] / 1024, 1)
-    res["above_idle_mib"] = round((peak[0] - idle) / 1024, 1)
+    if res.get("ok") == 1:  # a refused upload says nothing about memory
+        res["peak_rss_mib"] = round(peak[0] / 1024, 1)
+        res["above_idle_mib"] = round((peak[0] - idle) / 1024, 1)
     return res
 
 
@@ -623,6 +641,7 @@ def fill_qido(server, n, time_limit):
     gen = tiny_instances(n, 17)
     lock = threading.Lock()
     done = [0, 0]  # ok, failed
+    first_fail = []
     end = time.time() + time_limit
 
     def worker():
@@ -635,9 +654,12 @@ def fill_qido(server, n, time_limit):
                     return
             try:
                 ok = server.insert_tiny(s, data)
-            except requests.RequestException:
-                ok = False
+            except requests.RequestException as e:
+                ok = f"connection failed ({type(e).__name__})"
             with lock:
+                if ok is not True and not first_fail:
+                    first_fail.append(ok or "refused")
+                ok = ok is True
                 done[0 if ok else 1] += 1
                 if done[1] > 20 and done[0] == 0:
                     return
@@ -646,7 +668,7 @@ def fill_qido(server, n, time_limit):
     with cf.ThreadPoolExecutor(4) as ex:
         for f in [ex.submit(worker) for _ in range(4)]:
             f.result()
-    return done[0], done[1], time.time() - t0
+    return done[0], done[1], time.time() - t0, (first_fail or [None])[0]
 
 
 def qido(server, study_uids, n_queries):
@@ -776,8 +798,8 @@ def bench_server(server, sets, args, work, pki):
 
     log(f"{server.name}: QIDO-RS with {args.qido_studies} studies (fresh storage)")
     server.start()
-    ok, failed, dt = fill_qido(server, args.qido_studies, args.qido_fill_limit)
-    r["qido_fill"] = {"inserted": ok, "failed": failed, "seconds": round(dt, 1)}
+    ok, failed, dt, why_fail = fill_qido(server, args.qido_studies, args.qido_fill_limit)
+    r["qido_fill"] = {"inserted": ok, "failed": failed, "seconds": round(dt, 1), "first_failure": why_fail}
     log(f"  filled {ok} ({failed} failed) in {dt:.1f} s")
     # Known study UIDs: ask the server (a QIDO with limit) so ours' de-identified UIDs work too.
     s = server.session("reader") if isinstance(server, Cleave) else server.session()
@@ -794,11 +816,17 @@ def bench_server(server, sets, args, work, pki):
         r["qido"] = qido(server, uids, args.qido_queries)
         r["qido"]["studies"] = ok
     else:
-        r["qido"] = {"reason": "no studies indexed" if not ok else "study list query failed", "studies": ok}
+        r["qido"] = {"reason": f"no studies indexed ({why_fail})" if not ok else "study list query failed",
+                     "studies": ok}
     log(f"  {r['qido']}")
     server.note_peak()
     server.stop()
-    r["peak_rss_mib"] = round(server.peak_kib / 1024, 1) if server.peak_kib else None
+    peak = round(server.peak_kib / 1024, 1) if server.peak_kib else None
+    if r["stow_ct_1"].get("ok"):
+        r["peak"] = {"peak_rss_mib": peak}
+    else:
+        # A server that stored nothing only shows its idle footprint: not comparable.
+        r["peak"] = {"reason": f"nothing was stored; idle VmHWM {peak} MiB only"}
     return r
 
 
@@ -825,6 +853,13 @@ def fmt(v, unit=""):
     return NA if v is None else f"{v:g}{unit}"
 
 
+def short(reason):
+    if not reason:
+        return "not measured"
+    reason = " ".join(str(reason).replace("|", "/").split())
+    return reason if len(reason) <= 90 else reason[:87] + "..."
+
+
 def table(res, args):
     o, c = res.get("orthanc", {}), res.get("cleave", {})
     rows = []
@@ -843,8 +878,8 @@ def table(res, args):
     def row(label, path, better="higher", unit=""):
         ov, cv = get(o, *path), get(c, *path)
         ratio = f"{cv / ov:.2f}" if isinstance(ov, (int, float)) and isinstance(cv, (int, float)) and ov else NA
-        cell_c = fmt(cv, unit) if cv is not None else f"{NA} ({why(c, *path) or 'not measured'})"
-        cell_o = fmt(ov, unit) if ov is not None else f"{NA} ({why(o, *path) or 'not measured'})"
+        cell_c = fmt(cv, unit) if cv is not None else f"{NA} ({short(why(c, *path))})"
+        cell_o = fmt(ov, unit) if ov is not None else f"{NA} ({short(why(o, *path))})"
         rows.append(f"| {label} | {cell_c} | {cell_o} | {ratio} |")
 
     row(f"STOW-RS CT ({args.ct} × 0.5 MB), 1 client, instances/s", ("stow_ct_1", "instances_s"))
@@ -867,7 +902,7 @@ def table(res, args):
     if args.big_mb:
         row(f"STOW-RS {args.big_mb} MB multi-frame, RSS above idle during upload, MiB", ("big", "above_idle_mib"))
         row(f"STOW-RS {args.big_mb} MB multi-frame, MB/s", ("big", "mb_s"))
-    row("Peak resident memory over the run (VmHWM), MiB", ("peak_rss_mib",))
+    row("Peak resident memory over the run (VmHWM), MiB", ("peak", "peak_rss_mib"))
     sp = res.get("storescp", {})
     m = res["machine"]
     lines = [
@@ -954,6 +989,7 @@ def main():
         if not args.cleave_bin or not os.path.exists(args.cleave_bin):
             res["cleave"] = {"error": "cleave-broker binary not found (bench/run builds it; or pass --cleave-bin)"}
         else:
+            res["cleave_bin"] = args.cleave_bin
             c = Cleave(work, args.cleave_bin)
             try:
                 res["cleave"] = bench_server(c, sets, args, work, pki)
