@@ -31,7 +31,7 @@ fn child(dir: &std::path::Path) {
     let (read, n) = hash_reader(store.open_instance(&uid).unwrap()).unwrap();
     assert_eq!(n, SIZE);
     assert!(read == written, "512 MiB read back differs");
-    println!("HWM {base} {}", vm_hwm());
+    println!("\nHWM {base} {}", vm_hwm());
 }
 
 #[test]
@@ -48,7 +48,8 @@ fn half_a_gibibyte_streams_in_bounded_memory() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().find_map(|l| l.strip_prefix("HWM ")).expect("child reported no measurement");
+    // libtest may print "test <name> ... " on the same line before the child's own output.
+    let line = stdout.lines().find_map(|l| l.split_once("HWM ").map(|(_, m)| m)).expect("child reported no measurement");
     let (base, peak) = line.split_once(' ').unwrap();
     let (base, peak): (u64, u64) = (base.parse().unwrap(), peak.parse().unwrap());
     eprintln!("peak RSS grew by {} KiB streaming 512 MiB in and out", (peak - base) / 1024);
