@@ -183,3 +183,60 @@ fn tampered_audit_log_is_detected() {
     let e = verify_dir(forked.path(), &trusted, Some(seen)).expect_err("the auditor's checkpoint must expose the fork");
     assert!(e.failure().is_some(), "{e:?}");
 }
+
+/// The same insider against the broker's own log: after the auditor pinned the published
+/// key and fetched a checkpoint, the insider (with the disk, after stopping the server)
+/// deletes the record of their denied attempt from `<data>/audit/entries.log`, renumbering
+/// and re-hashing the rest, or rewrites it as someone else's.
+#[tokio::test]
+async fn broker_audit_log_rewritten_on_disk_is_detected() {
+    let b = common::start(common::TEST_CONFIG, false).await;
+    let mallory = common::person(&b, "mallory", broker::Role::Nurse).await;
+    let auditor = common::person(&b, "auditor1", broker::Role::Auditor).await;
+    // Mallory tries to read the audit log: denied, and recorded.
+    let a = common::call(b.addr(), mallory.cfg.clone(), "GET", "/api/v1/audit/checkpoint", &mallory.token).await;
+    assert_eq!(a.status, 403);
+    let k = common::call(b.addr(), auditor.cfg.clone(), "GET", "/api/v1/audit/public-key", &auditor.token).await;
+    assert_eq!(k.status, 200, "{}", k.body);
+    let trusted = CheckpointVerifier::from_vkey(k.json()["verifier_key"].as_str().unwrap()).unwrap();
+    let seen = common::call(b.addr(), auditor.cfg.clone(), "GET", "/api/v1/audit/checkpoint", &auditor.token).await.body;
+    let seen_size = trusted.verify(&seen).expect("a signed checkpoint").size;
+    let dir = b.data().join("audit");
+    let b_dir = b.dir;
+    drop(b.running);
+
+    // Untouched, it verifies; and the record to erase is there.
+    verify_dir(&dir, &trusted, Some(&seen)).expect("the broker's log verifies as written");
+    let recs = records(&std::fs::read(dir.join("entries.log")).unwrap());
+    let mine = recs
+        .iter()
+        .position(|(_, p)| {
+            let t = String::from_utf8_lossy(p);
+            t.contains("mallory") && t.contains("denied")
+        })
+        .expect("mallory's denied attempt is recorded");
+    assert!((mine as u64) < seen_size, "the auditor's checkpoint covers it");
+
+    let tamper = |f: &dyn Fn(&mut Vec<(u64, Vec<u8>)>)| -> VerifyError {
+        let d = tempfile::tempdir().unwrap();
+        copy_dir(&dir, d.path());
+        let mut recs = records(&std::fs::read(d.path().join("entries.log")).unwrap());
+        f(&mut recs);
+        write_records(&d.path().join("entries.log"), &recs);
+        verify_dir(d.path(), &trusted, Some(&seen)).expect_err("tampering went unnoticed")
+    };
+    let e = tamper(&|r| {
+        r.remove(mine);
+        for (i, x) in r.iter_mut().enumerate() {
+            x.0 = i as u64;
+        }
+    });
+    assert!(e.failure().is_some(), "{e:?}");
+    let e = tamper(&|r| {
+        let t = String::from_utf8(r[mine].1.clone()).unwrap().replace("mallory", "nurse01");
+        r[mine].1 = t.into_bytes();
+    });
+    let f = e.failure().expect("verification ran");
+    assert!(f.problems.iter().any(|p| matches!(p, Problem::RootMismatch { .. })), "{f:?}");
+    drop(b_dir);
+}

@@ -171,9 +171,19 @@ pub async fn call(addr: SocketAddr, cfg: Arc<ClientConfig>, method: &str, path: 
     request(addr, cfg, method, path, &[("Authorization", &auth), ("Content-Type", "application/json")], b"{}").await.unwrap()
 }
 
-/// Whether a request passed authorization: 200, or 501 where the store is not wired yet.
+/// Whether a request passed authorization: anything but 401/403 from a handler (which
+/// authorizes before reading a body): 2xx, a 400/404 about the body or the record after
+/// authorization, or 501 where the store is not wired yet. A 5xx other than 501 is a bug,
+/// never an "allowed".
 pub fn allowed(a: &Answer) -> bool {
-    matches!(a.status, 200 | 501)
+    match a.status {
+        401 | 403 => false,
+        501 => true,
+        s => {
+            assert!(s < 500, "server error {s}: {}", a.body);
+            true
+        }
+    }
 }
 
 /// Read `key = value` from a credentials file.
