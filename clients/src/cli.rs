@@ -104,8 +104,8 @@ pub enum ProfileCmd {
 #[derive(Args, Debug)]
 pub struct LoginArgs {
     /// Your username.
-    #[arg(long, env = "CLEAVE_USERNAME")]
-    pub username: String,
+    #[arg(long, env = "CLEAVE_USERNAME", required_unless_present = "device")]
+    pub username: Option<String>,
     /// Your password [prompted if absent].
     #[arg(long, env = "CLEAVE_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,

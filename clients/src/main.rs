@@ -106,11 +106,12 @@ fn run(cli: Cli) -> Result<()> {
                     Some(t) => t,
                     None => prompt("one-time code")?,
                 });
-                c.login(&a.username, &password, totp.trim())?
+                let user = a.username.as_deref().ok_or_else(|| Error::Usage("give --username (or CLEAVE_USERNAME)".into()))?;
+                c.login(user, &password, totp.trim())?
             };
             pd.save_session(&s)?;
             let v = json!({"role": s.role, "expires": s.expires, "can_share": s.share_base.is_some()});
-            out(g, &v, || format!("logged in as {} ({}), token valid until {}", if a.device { "device" } else { &a.username }, s.role, s.expires));
+            out(g, &v, || format!("logged in as {} ({}), token valid until {}", a.username.as_deref().filter(|_| !a.device).unwrap_or("device"), s.role, s.expires));
         }
         Command::Logout => {
             let (c, pd) = connect(g)?;

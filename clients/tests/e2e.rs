@@ -365,3 +365,41 @@ fn audit_verify_pins_the_key_checks_growth_and_fails_closed() {
     assert_eq!((code, kind.as_str()), (5, "audit_inconsistent"));
     assert_eq!(std::fs::read_to_string(&saved).unwrap(), lines.join("\n") + "\n", "the evidence is kept");
 }
+
+#[test]
+fn a_device_pushes_and_a_doctor_cannot() {
+    let w = World::start();
+    w.admin();
+    // Enroll a modality the way `cleave-broker enroll device` does, alongside the running broker.
+    let opened = broker::open(w.data.path(), broker::MasterKeySource::KeyFile).unwrap();
+    let issued = broker::issue_client_cert(w.data.path(), "ct-scanner-1", 30).unwrap();
+    opened.accounts.add_device(issued.fingerprint.hex(), "ct-scanner-1", "CT1", "test").unwrap();
+    let (c, k) = broker::write_pair(&w.home.path().join("certs"), "ct-scanner-1", &issued).unwrap();
+    w.person_profile("ct", Some((&c, &k)));
+    let v = w.ok_json(&["--profile", "ct", "login", "--device"], &[]);
+    assert_eq!(v["role"], "modality");
+    assert_eq!(v["can_share"], false);
+
+    let dir = w.home.path().join("study");
+    std::fs::create_dir_all(dir.join("series1")).unwrap();
+    std::fs::write(dir.join("series1/a.dcm"), b"not really dicom").unwrap();
+    std::fs::write(dir.join("b.dcm"), b"not really dicom either").unwrap();
+    let o = w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--json"], &[]);
+    assert_authorized(&o, "a modality appends");
+    let journal = w.config_dir().join("state/ct/push-journal.json");
+    if outcome(&o) == "not_available" {
+        // Nothing was stored, so nothing may be recorded as sent: the next run resends all.
+        assert!(!journal.exists(), "a failed push must not journal files as sent");
+    } else {
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["files"].as_array().unwrap().len(), 2);
+    }
+    // The devices list shows it; the doctor's role has no append.
+    let devices = w.ok(&["--profile", "admin", "admin", "devices", "list"], &[]);
+    assert!(devices.contains("ct-scanner-1") && devices.contains("CT1") && devices.contains("active"), "{devices}");
+    w.staff("drx", "doctor");
+    assert_refused(&w.cleave(&["--profile", "drx", "push", dir.to_str().unwrap(), "--json"], &[]), "a doctor pushes");
+    // Revoking the device kills its token.
+    w.ok(&["--profile", "admin", "admin", "devices", "revoke", issued.fingerprint.hex()], &[]);
+    assert_refused(&w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--json"], &[]), "a revoked device pushes");
+}
