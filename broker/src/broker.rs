@@ -210,7 +210,7 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
     let audit = opts.audit.unwrap_or_else(|| Box::new(trail.clone()));
     let bootstrap = opened.bootstrap.clone();
     let idle = std::time::Duration::from_secs(config.store_idle_secs);
-    let stores = crate::stores::Stores::new(&opened.data_dir, std::sync::Arc::new(std::sync::RwLock::new(keyring)), idle)?;
+    let stores = crate::stores::Stores::new(&opened.data_dir, std::sync::Arc::new(keyring), idle)?;
     let state = AppState::new(config.clone(), opened.accounts, audit, trail, stores);
     let app = routes::router(state);
 

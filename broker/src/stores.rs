@@ -6,11 +6,12 @@
 //! code path reaches a store without a verified token; the blocking SQLite work runs on
 //! tokio's blocking pool.
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cleave_keys::{Keyring, OnDemand};
-use identity_vault::Vault;
+use clinical_store::ClinicalStore;
+use identity_vault::{Vault, VaultKeys};
 
 use crate::authz::Caller;
 use crate::state::AppState;
@@ -19,14 +20,21 @@ use crate::Error;
 /// The stores of one broker.
 pub(crate) struct Stores {
     pub vault: Arc<OnDemand<Vault, identity_vault::Error>>,
+    pub clinical: Arc<OnDemand<ClinicalStore, clinical_store::Error>>,
 }
 
 impl Stores {
-    /// `<data>/identity/vault.db`, opened on first use.
-    pub(crate) fn new(data_dir: &Path, keyring: Arc<RwLock<Keyring>>, idle: Duration) -> Result<Stores, Error> {
+    /// `<data>/identity/vault.db` and `<data>/clinical/`, each opened on first use. The
+    /// clinical store's crash sweep runs once, here.
+    pub(crate) fn new(data_dir: &Path, keyring: Arc<Keyring>, idle: Duration) -> Result<Stores, Error> {
         let dir = data_dir.join("identity");
         cleave_keys::durable::create_private_dir(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-        Ok(Stores { vault: Vault::on_demand(dir.join("vault.db"), keyring, idle) })
+        let ring = keyring.clone();
+        let vault = Vault::on_demand_with(dir.join("vault.db"), idle, move || VaultKeys::unwrap(&ring));
+        let cdir = data_dir.join("clinical");
+        cleave_keys::durable::create_private_dir(&cdir).map_err(|e| Error::io("creating", &cdir, e))?;
+        let clinical = ClinicalStore::on_demand(cdir, keyring, idle).map_err(clinical_error)?;
+        Ok(Stores { vault, clinical })
     }
 }
 
@@ -57,4 +65,29 @@ pub(crate) async fn with_vault<R: Send + 'static>(
         .map_err(|_| Error::Store("an identity vault call was interrupted".into()))?
         .map_err(vault_error)?
         .map_err(vault_error)
+}
+
+/// A clinical-store error as an HTTP answer; its messages name fields and rules only.
+pub(crate) fn clinical_error(e: clinical_store::Error) -> Error {
+    use clinical_store::Error as C;
+    match e {
+        C::NotFound(what) => Error::not_found(what),
+        e @ C::InvalidInput { .. } => Error::bad_request(e.to_string()),
+        e @ C::Conflict(_) => Error::Conflict(e.to_string()),
+        e => Error::Store(format!("clinical store: {e}")),
+    }
+}
+
+/// Run `f` on the open clinical store for an authorized caller.
+pub(crate) async fn with_clinical<R: Send + 'static>(
+    state: &AppState,
+    _caller: &Caller,
+    f: impl FnOnce(&mut ClinicalStore) -> Result<R, clinical_store::Error> + Send + 'static,
+) -> Result<R, Error> {
+    let store = state.stores.clinical.clone();
+    tokio::task::spawn_blocking(move || store.with(f))
+        .await
+        .map_err(|_| Error::Store("a clinical store call was interrupted".into()))?
+        .map_err(clinical_error)?
+        .map_err(clinical_error)
 }

@@ -19,40 +19,6 @@ fn not_wired(_caller: Caller, what: &'static str) -> Error {
     Error::NotWired(what)
 }
 
-/// `GET /api/v1/clinical/patients/{patient}/notes` (patient = pseudonym).
-pub async fn notes_read(
-    State(s): State<AppState>,
-    Extension(c): Extension<ConnInfo>,
-    Path(patient): Path<String>,
-    h: HeaderMap,
-) -> Error {
-    let need = match Need::new(Op::Read, Store::Clinical, "/api/v1/clinical/patients/{patient}/notes").patient(&patient) {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
-    match authorize(&s, &c, &h, need) {
-        Ok(caller) => not_wired(caller, "the clinical store"),
-        Err(e) => e,
-    }
-}
-
-/// `POST /api/v1/clinical/patients/{patient}/notes`.
-pub async fn notes_write(
-    State(s): State<AppState>,
-    Extension(c): Extension<ConnInfo>,
-    Path(patient): Path<String>,
-    h: HeaderMap,
-) -> Error {
-    let need = match Need::new(Op::Write, Store::Clinical, "/api/v1/clinical/patients/{patient}/notes").patient(&patient) {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
-    match authorize(&s, &c, &h, need) {
-        Ok(caller) => not_wired(caller, "the clinical store"),
-        Err(e) => e,
-    }
-}
-
 /// `GET /api/v1/research/export`: a de-identified extract.
 pub async fn research_export(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
     match authorize(&s, &c, &h, Need::new(Op::Export, Store::Clinical, "/api/v1/research/export")) {

@@ -12,6 +12,7 @@ use crate::Error;
 
 mod admin;
 mod audit;
+mod clinical;
 mod data;
 mod identity;
 mod openapi;
@@ -44,7 +45,14 @@ pub(crate) fn router(state: AppState) -> Router {
         // Identity vault.
         .route("/api/v1/identity/patients", get(identity::search).post(identity::create))
         .route("/api/v1/identity/patients/{patient}", get(identity::read).patch(identity::update))
-        .route("/api/v1/clinical/patients/{patient}/notes", get(data::notes_read).post(data::notes_write))
+        // Clinical store (the consultant listener serves the reads for share tokens).
+        .route("/api/v1/clinical/patients/{patient}", get(clinical::patient))
+        .route("/api/v1/clinical/patients/{patient}/notes", get(clinical::notes_read).post(clinical::notes_write))
+        .route(
+            "/api/v1/clinical/patients/{patient}/observations",
+            get(clinical::observations_read).post(clinical::observations_write),
+        )
+        .route("/api/v1/clinical/studies/{study}", get(clinical::study))
         // Auditors.
         .route("/api/v1/audit/entries", get(audit::entries))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
