@@ -124,6 +124,11 @@ impl Client {
         self.get_json(&format!("/api/v1/identity/patients?{}", parts.join("&")))
     }
 
+    /// `POST /api/v1/identity/patients`: register; answers `{"identity_id","pseudonym"}`.
+    pub fn register_identity(&self, fields: &Value) -> Result<Value> {
+        self.post_json("/api/v1/identity/patients", fields)
+    }
+
     /// `GET /api/v1/identity/patients/{identity_id}`.
     pub fn identity(&self, identity_id: &str) -> Result<Value> {
         self.get_json(&format!("/api/v1/identity/patients/{}", encode(identity_id)))

@@ -52,6 +52,8 @@ pub enum Command {
     Consult(ConsultArgs),
     /// Send DICOM files (a file or a directory tree) over STOW-RS, resumably.
     Push(PushArgs),
+    /// Register a patient in the identity vault (registration desk); prints the pseudonym.
+    Register(RegisterArgs),
     /// Find a patient and show identity and clinical summary side by side (two requests).
     Lookup(LookupArgs),
     /// Clinical notes.
@@ -194,6 +196,25 @@ pub struct PushArgs {
     /// Forget what earlier runs sent and send everything again.
     #[arg(long)]
     pub restart: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    pub family: String,
+    #[arg(long)]
+    pub given: String,
+    /// YYYYMMDD.
+    #[arg(long)]
+    pub birth_date: String,
+    /// M, F or O.
+    #[arg(long)]
+    pub sex: String,
+    /// The assigning authority of --patient-id.
+    #[arg(long)]
+    pub issuer: String,
+    #[arg(long)]
+    pub patient_id: String,
 }
 
 #[derive(Args, Debug)]

@@ -153,6 +153,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Consult(a) => consult(g, a)?,
         Command::Push(a) => push_cmd(g, a)?,
+        Command::Register(a) => {
+            let (c, _) = connect(g)?;
+            let body = json!({"family_name": a.family, "given_name": a.given, "birth_date": a.birth_date, "sex": a.sex, "issuer": a.issuer, "patient_id": a.patient_id});
+            let v = c.register_identity(&body)?;
+            out(g, &v, || format!("registered; pseudonym {}", v["pseudonym"].as_str().unwrap_or("?")));
+        }
         Command::Lookup(a) => lookup(g, a)?,
         Command::Note(NoteCmd::Add { pseudonym, text, study }) => {
             let (c, _) = connect(g)?;

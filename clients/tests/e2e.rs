@@ -403,3 +403,35 @@ fn a_device_pushes_and_a_doctor_cannot() {
     w.ok(&["--profile", "admin", "admin", "devices", "revoke", issued.fingerprint.hex()], &[]);
     assert_refused(&w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--json"], &[]), "a revoked device pushes");
 }
+
+#[test]
+fn lookup_joins_identity_and_clinical_on_the_client() {
+    let w = World::start();
+    w.admin();
+    w.staff("desk1", "registration");
+    w.staff("drlook", "doctor");
+    let reg = w.cleave(
+        &["--profile", "desk1", "register", "--family", "Testperson", "--given", "Ada", "--birth-date", "19700101", "--sex", "F", "--issuer", "HOSP", "--patient-id", "MRN-1", "--json"],
+        &[],
+    );
+    if outcome(&reg) == "not_available" {
+        eprintln!("identity vault not wired in this broker build; nothing to look up");
+        return;
+    }
+    assert_eq!(outcome(&reg), "ok", "{}", String::from_utf8_lossy(&reg.stdout));
+    let reg: serde_json::Value = serde_json::from_slice(&reg.stdout).unwrap();
+    let pseudonym = reg["pseudonym"].as_str().unwrap().to_owned();
+    // Registration cannot read clinical data; the doctor looks up by family name.
+    let v = w.ok_json(&["--profile", "drlook", "lookup", "--family", "Testperson"], &[]);
+    let p = &v["patients"][0];
+    assert_eq!(p["identity"]["given_name"], "Ada");
+    assert_eq!(p["identity"]["pseudonyms"][0].as_str(), Some(pseudonym.as_str()));
+    // The second request went to the clinical side, keyed by the pseudonym only; its
+    // answer (a summary, or an error while the clinical store is not wired) sits beside it.
+    assert_eq!(p["clinical"].as_array().unwrap().len(), 1);
+    let human = w.ok(&["--profile", "drlook", "lookup", "--birth-date", "19700101"], &[]);
+    assert!(human.starts_with("Testperson, Ada  born 19700101  sex F"), "{human}");
+    // Nobody found: said plainly.
+    let none = w.ok(&["--profile", "drlook", "lookup", "--family", "Nobody"], &[]);
+    assert_eq!(none.trim(), "no patient matches");
+}
