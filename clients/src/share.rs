@@ -129,3 +129,36 @@ pub fn qr_text(data: &str) -> Result<String> {
         .light_color(qrcode::render::unicode::Dense1x2::Dark)
         .build())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_parse() {
+        assert_eq!(parse_lifetime("48h").unwrap(), Duration::from_secs(48 * 3600));
+        assert_eq!(parse_lifetime("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_lifetime("7d").unwrap(), Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn fail_bad_lifetimes() {
+        for bad in ["", "h", "0h", "48", "48x", "-1h", "31d", "99999999999999999999d", "1.5h"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn fail_targets_that_are_not_pseudonyms_or_uids() {
+        assert!(ShareTarget::patient("Doe^John").is_err());
+        assert!(ShareTarget::patient("P1-0123").is_err());
+        assert!(ShareTarget::study("1.2.03").is_err());
+        assert!(ShareTarget::study("1.2.840.10008").is_ok());
+    }
+
+    #[test]
+    fn the_link_carries_the_token_in_the_fragment_only() {
+        let u = share_url("https://c.example:8444/", "TOKEN");
+        assert_eq!(u, "https://c.example:8444/consult#token=TOKEN");
+    }
+}

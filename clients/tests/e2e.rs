@@ -435,3 +435,51 @@ fn lookup_joins_identity_and_clinical_on_the_client() {
     let none = w.ok(&["--profile", "drlook", "lookup", "--family", "Nobody"], &[]);
     assert_eq!(none.trim(), "no patient matches");
 }
+
+#[test]
+fn a_doctor_writes_a_note_and_the_consultant_reads_it() {
+    let w = World::start();
+    w.admin();
+    w.staff("desk2", "registration");
+    w.staff("drnote", "doctor");
+    let reg = w.cleave(
+        &["--profile", "desk2", "register", "--family", "Notecase", "--given", "Bo", "--birth-date", "19800202", "--sex", "M", "--issuer", "HOSP", "--patient-id", "MRN-2", "--json"],
+        &[],
+    );
+    if outcome(&reg) == "not_available" {
+        eprintln!("identity vault not wired in this broker build");
+        return;
+    }
+    let reg: serde_json::Value = serde_json::from_slice(&reg.stdout).unwrap();
+    let p = reg["pseudonym"].as_str().unwrap().to_owned();
+    let added = w.cleave(&["--profile", "drnote", "note", "add", &p, "--text", "stable, review in 2 weeks", "--json"], &[]);
+    if outcome(&added) == "not_available" {
+        eprintln!("clinical store not wired in this broker build");
+        return;
+    }
+    assert_eq!(outcome(&added), "ok", "{}", String::from_utf8_lossy(&added.stdout));
+    let obs = w.cleave(&["--profile", "drnote", "observation", "set", &p, "--code", "8480-6", "--value", "120", "--unit", "mmHg", "--json"], &[]);
+    assert_eq!(outcome(&obs), "ok", "{}", String::from_utf8_lossy(&obs.stdout));
+
+    // Bound to a certificate the consultant listener cannot see: refused there.
+    let b = w.data.path().join("bootstrap/admin.pem");
+    let bound = w.ok_json(&["--profile", "drnote", "share", "--patient", &p, "--bind-cert", b.to_str().unwrap(), "--include-identity"], &[]);
+    assert_eq!(bound["stores"], "identity,clinical");
+    let bt = bound["token"].as_str().unwrap();
+    let caveats: Vec<String> = cleave_tokens::Macaroon::parse(bt)
+        .unwrap()
+        .caveats()
+        .filter_map(|c| match c {
+            cleave_tokens::CaveatEntry::FirstParty(p) => Some(String::from_utf8_lossy(p).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert!(caveats.iter().any(|c| c.starts_with("cert = sha256:")), "{caveats:?}");
+    assert_refused(&w.consult(bt, &["notes", &p]), "a bound share on the consultant listener");
+
+    // An unbound share: the consultant reads the note the doctor wrote.
+    let share = w.ok_json(&["--profile", "drnote", "share", "--patient", &p], &[]);
+    let o = w.consult(share["token"].as_str().unwrap(), &["notes", &p]);
+    assert_eq!(outcome(&o), "ok", "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("stable, review in 2 weeks"));
+}
