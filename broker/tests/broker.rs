@@ -227,7 +227,7 @@ async fn every_path_in_the_openapi_document_is_routed() {
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 15);
     for (path, item) in paths {
-        let concrete = path.replace("{id}", "s1").replace("{username}", "u1").replace("{fingerprint}", "f1").replace("{patient}", "P1-00112233445566778899aabbccddeeff").replace("{study}", "1.2.3");
+        let concrete = path.replace("{id}", "s1").replace("{username}", "u1").replace("{fingerprint}", "f1").replace("{patient}", "P1-00112233445566778899aabbccddeeff").replace("{study}", "1.2.3").replace("{item_id}", "00112233445566778899aabbccddeeff");
         for method in item.as_object().unwrap().keys() {
             let r = request(b.addr(), admin.clone(), &method.to_uppercase(), &concrete, &[("Content-Type", "application/json")], b"{}").await.unwrap();
             assert!(r.status != 404 && r.status != 405, "{method} {path} is documented but not routed ({})", r.status);

@@ -94,6 +94,46 @@ async fn registration_registers_nurses_find_and_every_access_is_audited_by_patie
         assert!(seen.contains(&(want.0.into(), want.1.into())), "{want:?} missing from {seen:?}");
     }
 
+    // A second registration with another MRN but the same person's details is flagged;
+    // the IT administrator merges it, and the merge is audited under both patients.
+    let (adm_cfg, admin) = login(&b, "itadmin1", broker::Role::ItAdmin).await;
+    let mut dup = jane.clone();
+    dup["patient_id"] = serde_json::json!("MRN-9999");
+    dup["address"] = serde_json::json!("3 New Road");
+    let r = post_json(b.addr(), reg_cfg.clone(), "/api/v1/identity/patients", Some(&reg), &dup).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let dup_id = r.json()["identity_id"].as_str().unwrap().to_owned();
+    let dup_pseudonym = r.json()["pseudonym"].as_str().unwrap().to_owned();
+    let item = r.json()["review_item"].as_str().expect("flagged as a possible duplicate").to_owned();
+    assert_ne!(dup_id, id);
+    assert_eq!(get(b.addr(), nurse_cfg.clone(), "/api/v1/admin/review-queue", Some(&nurse)).await.status, 403);
+    let r = get(b.addr(), adm_cfg.clone(), "/api/v1/admin/review-queue", Some(&admin)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let items = r.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["item_id"], item.as_str());
+    assert!(!r.body.contains("Zyxwvutson"), "review items carry no values");
+    let resolve = format!("/api/v1/admin/review-queue/{item}/resolve");
+    let r = post_json(b.addr(), adm_cfg.clone(), &resolve, Some(&admin), &serde_json::json!({"action": "merge"})).await;
+    assert_eq!(r.status, 400, "merge needs keep");
+    let r = post_json(b.addr(), adm_cfg.clone(), &resolve, Some(&admin), &serde_json::json!({"action": "merge", "keep": id})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["decision"], "merged");
+    let r = get(b.addr(), adm_cfg.clone(), "/api/v1/admin/review-queue", Some(&admin)).await;
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 0);
+    let r = post_json(b.addr(), adm_cfg.clone(), &resolve, Some(&admin), &serde_json::json!({"action": "confirm"})).await;
+    assert_eq!(r.status, 404, "resolved items are gone");
+    // Both pseudonyms now belong to the kept identity.
+    let r = get(b.addr(), nurse_cfg.clone(), &format!("/api/v1/identity/patients/{id}"), Some(&nurse)).await;
+    let ps: Vec<String> = r.json()["pseudonyms"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect();
+    assert!(ps.contains(&pseudonym) && ps.contains(&dup_pseudonym), "{ps:?}");
+    for who in [&pseudonym, &dup_pseudonym] {
+        let r = get(b.addr(), aud_cfg.clone(), &format!("/api/v1/audit/entries?patient={who}&operation=merge"), Some(&auditor)).await;
+        let merges = r.json()["entries"].as_array().unwrap().clone();
+        assert_eq!(merges.len(), 1, "{merges:?}");
+        assert_eq!(merges[0]["actor"]["name"], "itadmin1");
+    }
+
     // Nothing identifying in clear on disk: not in the vault, not in the audit log.
     drop(b.running);
     let mut disk = Vec::new();

@@ -226,14 +226,24 @@ pub async fn create(
     let caller = authorize(&s, &c, &h, Need::new(Op::Write, Store::Identity, "/api/v1/identity/patients"))?;
     let mut d = Demographics::default();
     apply(&mut d, &object(&body)?)?;
-    let (id, p) = with_vault(&s, &caller, move |v| {
-        let id = v.create(&d)?;
+    // Registration goes through patient matching, like arrivals from modalities: the
+    // same issuer + patient id gives the existing identity, near-duplicates are flagged
+    // for the review queue.
+    let (id, p, review) = with_vault(&s, &caller, move |v| {
+        let outcome = v.match_or_create(&d)?;
+        let id = outcome.identity();
+        let review = match &outcome {
+            identity_vault::MatchOutcome::AttachedForReview { review, .. }
+            | identity_vault::MatchOutcome::IdCollision { review, .. }
+            | identity_vault::MatchOutcome::PossibleDuplicate { review, .. } => Some(review.to_hex()),
+            _ => None,
+        };
         let p = v.pseudonym(&id)?.as_str().to_owned();
-        Ok((id.to_hex(), p))
+        Ok((id.to_hex(), p, review))
     })
     .await?;
     follow_up(&s, &caller, "identity-write", vec![p.clone()])?;
-    Ok(Json(json!({ "identity_id": id, "pseudonym": p })))
+    Ok(Json(json!({ "identity_id": id, "pseudonym": p, "review_item": review })))
 }
 
 /// `PATCH /api/v1/identity/patients/{identity_id}`: change the fields given.
@@ -261,4 +271,84 @@ pub async fn update(
     .await?;
     follow_up(&s, &caller, "identity-write", ps.into_iter().take(1).collect())?;
     Ok(Json(body))
+}
+
+/// `GET /api/v1/admin/review-queue` (it-admin): open patient-matching items. Items carry
+/// identity ids and field *kinds*, never values.
+pub async fn review_queue(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Result<Json<Value>, Error> {
+    let caller = authorize(&s, &c, &h, Need::new(Op::Admin, Store::Audit, "/api/v1/admin/review-queue"))?;
+    let items = with_vault(&s, &caller, |v| v.review_queue()).await?;
+    let items: Vec<Value> = items
+        .iter()
+        .map(|i| {
+            let mut v = serde_json::to_value(i).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                if let Some(id) = m.remove("id") {
+                    m.insert("item_id".into(), id);
+                }
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    action: String,
+    keep: Option<String>,
+}
+
+/// `POST /api/v1/admin/review-queue/{item_id}/resolve` (it-admin): `confirm`, `merge`
+/// (with `keep`: the identity that remains) or `keep-apart`. Recorded as review-resolve,
+/// and a merge also as merge, with every identity's patient reference.
+pub async fn review_resolve(
+    State(s): State<AppState>,
+    Extension(c): Extension<ConnInfo>,
+    Path(item): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, Error> {
+    let caller = authorize(&s, &c, &h, Need::new(Op::Admin, Store::Audit, "/api/v1/admin/review-queue/{item_id}/resolve"))?;
+    let item = identity_vault::ReviewId::from_hex(&item).map_err(|_| Error::not_found("review item"))?;
+    let b: ResolveBody = serde_json::from_slice(&body)
+        .map_err(|_| Error::bad_request("the body must be {\"action\": \"confirm\"|\"merge\"|\"keep-apart\", \"keep\"?: identity_id}"))?;
+    let keep = match &b.keep {
+        Some(k) => Some(IdentityId::from_hex(k).map_err(|_| Error::bad_request("keep must be an identity id (32 hex)"))?),
+        None => None,
+    };
+    let action = b.action.clone();
+    let (record, patients) = with_vault(&s, &caller, move |v| {
+        let resolution = match (action.as_str(), keep) {
+            ("confirm", None) => identity_vault::Resolution::Confirm,
+            ("keep-apart", None) => identity_vault::Resolution::KeepApart,
+            ("merge", Some(keep)) => {
+                let open = v.review_queue()?;
+                let it = open.iter().find(|i| i.id == item).ok_or(identity_vault::Error::NoSuchReviewItem)?;
+                let absorb = it.identities.iter().find(|i| **i != keep).copied().ok_or(identity_vault::Error::BadResolution("keep must be one of the item's identities"))?;
+                if !it.identities.contains(&keep) {
+                    return Err(identity_vault::Error::BadResolution("keep must be one of the item's identities"));
+                }
+                identity_vault::Resolution::Merge { keep, absorb }
+            }
+            _ => return Err(identity_vault::Error::BadResolution("action is confirm, merge (with keep) or keep-apart (without keep)")),
+        };
+        let record = v.resolve(&item, resolution)?;
+        let mut patients = Vec::new();
+        for id in &record.identities {
+            patients.push(v.pseudonym(id)?.as_str().to_owned());
+        }
+        Ok((serde_json::to_value(&record).unwrap_or(Value::Null), patients))
+    })
+    .await?;
+    let mut e = caller.event("review-resolve", "allow");
+    e.patients = patients.clone();
+    s.audit.record(&e)?;
+    if b.action == "merge" {
+        let mut e = caller.event("merge", "allow");
+        e.patients = patients;
+        s.audit.record(&e)?;
+    }
+    Ok(Json(record))
 }

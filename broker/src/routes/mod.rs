@@ -42,6 +42,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/admin/devices", get(admin::list_devices))
         .route("/api/v1/admin/devices/{fingerprint}/revoke", post(admin::revoke_device))
         // The data path: authorization is in place; the stores are wired in a later step.
+        .route("/api/v1/admin/review-queue", get(identity::review_queue))
+        .route("/api/v1/admin/review-queue/{item_id}/resolve", post(identity::review_resolve))
         // Identity vault.
         .route("/api/v1/identity/patients", get(identity::search).post(identity::create))
         .route("/api/v1/identity/patients/{patient}", get(identity::read).patch(identity::update))
