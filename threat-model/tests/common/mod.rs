@@ -384,7 +384,7 @@ pub fn variants(canary: &str) -> Vec<Vec<u8>> {
 pub fn scan_bytes(hay: &[u8], needles: &[Vec<Vec<u8>>]) -> Vec<usize> {
     let mut hits = Vec::new();
     for (i, vs) in needles.iter().enumerate() {
-        if vs.iter().any(|v| !v.is_empty() && hay.windows(v.len()).any(|w| w == v.as_slice())) {
+        if vs.iter().any(|v| !v.is_empty() && memchr::memmem::find(hay, v).is_some()) {
             hits.push(i);
         }
     }
@@ -438,7 +438,7 @@ pub fn scan_process_memory(pid: u32, needles: &[(&str, Vec<u8>)]) -> Vec<String>
             continue;
         }
         for (what, n) in needles {
-            let c = buf.windows(n.len()).filter(|w| w == n).count();
+            let c = memchr::memmem::find_iter(&buf, n).count();
             if c > 0 {
                 hits.push(format!("{what}: {c}x in {name} {}", f[0]));
             }
