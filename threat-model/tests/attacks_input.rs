@@ -121,7 +121,7 @@ async fn injection_and_traversal_inputs_are_inert() {
     assert_ne!(db_snapshot(b.data()), before_add, "the database snapshot is blind to changes");
 
     let outside_before = files_under(outside.path());
-    let before = db_snapshot(b.data());
+    let mut before = db_snapshot(b.data());
     let mut sent = 0;
 
     // Login fields.
@@ -167,6 +167,32 @@ async fn injection_and_traversal_inputs_are_inert() {
             sent += 1;
         }
     }
+    // Search parameters of the identity search, now wired to the vault: one patient is
+    // registered; no payload may return it (an `' OR 1=1` that matched would) or fail
+    // with a server error. An empty result or a 4xx is inert.
+    let reg = person(&b, "reg1", broker::Role::Registration).await;
+    let new = serde_json::json!({"family_name": "Inertfamily", "given_name": "Ann", "birth_date": "19800101", "sex": "F", "issuer": "HOSP-A", "patient_id": "MRN-INERT-1"});
+    let r = post_json(b.addr(), reg.cfg.clone(), "/api/v1/identity/patients", Some(&reg.token), &new).await;
+    assert!(r.status == 200 || r.status == 201, "registering a patient: {} {}", r.status, r.body);
+    {
+        let found = get(b.addr(), doctor.cfg.clone(), "/api/v1/identity/patients?family=Inertfamily", Some(&doctor.token)).await;
+        assert_eq!(found.status, 200, "{}", found.body);
+        assert_eq!(found.json()["patients"].as_array().map(Vec::len), Some(1), "the oracle search finds the patient");
+        let enc = |p: &str| p.bytes().map(|c| if c.is_ascii_alphanumeric() { (c as char).to_string() } else { format!("%{c:02X}") }).collect::<String>();
+        for p in PAYLOADS {
+            for param in ["name", "family", "given", "birth_date", "patient_id", "national_id", "accession"] {
+                let path = format!("/api/v1/identity/patients?{param}={}", enc(p));
+                let a = get(b.addr(), doctor.cfg.clone(), &path, Some(&doctor.token)).await;
+                if a.status == 200 {
+                    assert_eq!(a.json()["patients"].as_array().map(Vec::len), Some(0), "{path} returned patients");
+                } else {
+                    clean_4xx(&path, &a);
+                }
+                sent += 1;
+            }
+        }
+    }
+
     // A bearer token that is itself an injection payload.
     for p in PAYLOADS.iter().filter(|p| !p.contains('\0')) {
         let a = call(b.addr(), doctor.cfg.clone(), "GET", &format!("/api/v1/clinical/patients/{PATIENT}/notes"), p).await;
@@ -175,8 +201,16 @@ async fn injection_and_traversal_inputs_are_inert() {
     }
     assert!(sent > 150, "only {sent} payloads sent");
 
-    // Nothing stored or changed, nothing outside the data directory touched.
+    // Nothing stored or changed, nothing outside the data directory touched (the
+    // registration clerk's account and grant, made on purpose above, excepted).
     let after = db_snapshot(b.data());
+    for t in ["staff", "grants"] {
+        if let (Some(a), Some(bf)) = (after.get(t), before.get_mut(t)) {
+            if a.0 == bf.0 + 1 {
+                *bf = a.clone();
+            }
+        }
+    }
     for (t, v) in &before {
         // The audit-free tables must be identical; `login` failures may be counted in memory only.
         assert_eq!(after.get(t), Some(v), "table {t} changed under injection payloads");
@@ -189,6 +223,6 @@ async fn injection_and_traversal_inputs_are_inert() {
     assert!(allowed(&call(b.addr(), doctor.cfg.clone(), "POST", &format!("/api/v1/clinical/patients/{PATIENT}/notes"), &doctor.token).await));
     let users = call(b.addr(), admin_cfg.clone(), "GET", "/api/v1/admin/users", &admin_token).await.json();
     let users = users.as_array().unwrap();
-    assert_eq!(users.len(), 3);
+    assert_eq!(users.len(), 4);
     assert!(users.iter().all(|u| u["disabled"] == false), "{users:?}");
 }
