@@ -80,14 +80,6 @@ fn find_db(data: &Path) -> std::path::PathBuf {
 }
 
 fn clean_4xx(what: &str, a: &Answer) {
-    // FINDING (reported): `GET /api/v1/identity/patients/{id}` does not validate the id
-    // before authorization, and is not wired to the vault yet, so it answers 501 without
-    // reading the input. Accepted here only while it says `not_wired`; once the vault is
-    // wired, the id must be validated and this exception goes.
-    if a.status == 501 && what.starts_with("GET /api/v1/identity/patients/") {
-        assert_eq!(a.error_code(), "not_wired", "{what}");
-        return;
-    }
     assert!((400..500).contains(&a.status), "{what}: answered {} {}", a.status, a.body);
     a.error_code();
     assert!(!a.body.contains("etc/passwd") && !a.body.contains("root:"), "{what}: the answer echoes the payload: {}", a.body);
