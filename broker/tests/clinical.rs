@@ -68,6 +68,15 @@ async fn doctors_write_notes_and_observations_nurses_read_them_and_nothing_is_in
     let r = get(b.addr(), nurse_cfg.clone(), &format!("{base}/notes"), Some(&nurse)).await;
     assert_eq!(r.json()["notes"][0]["text"], note_text);
 
+    // QIDO-RS: no study stored yet for this patient; malformed keys are refused.
+    let r = get(b.addr(), nurse_cfg.clone(), &format!("/dicomweb/studies?PatientID={p}&StudyDate=20200101-"), Some(&nurse)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type").as_deref(), Some("application/dicom+json"));
+    assert_eq!(r.json(), serde_json::json!([]));
+    let r = get(b.addr(), nurse_cfg.clone(), "/dicomweb/studies?StudyDate=2026", Some(&nurse)).await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_request"));
+    assert_eq!(get(b.addr(), nurse_cfg.clone(), "/dicomweb/studies?PatientID=not-a-pseudonym", Some(&nurse)).await.status, 404);
+
     // Unknown patients and studies; researchers have no clinical read.
     let r = get(b.addr(), nurse_cfg.clone(), "/api/v1/clinical/patients/P1-00000000000000000000000000000000", Some(&nurse)).await;
     assert_eq!(r.status, 404);

@@ -136,7 +136,7 @@ async fn misused_tokens_are_refused_with_the_kind_of_caveat_that_failed() {
     let nurse = person(&b, "nurse", broker::Role::Nurse).await;
     let doctor = person(&b, "doctor", broker::Role::Doctor).await;
     let path = "/dicomweb/studies";
-    assert_eq!(call(b.addr(), nurse.cfg.clone(), "GET", path, &nurse.token).await.status, 501);
+    assert_eq!(call(b.addr(), nurse.cfg.clone(), "GET", path, &nurse.token).await.status, 200);
 
     // Replayed from another certificate.
     let a = call(b.addr(), doctor.cfg.clone(), "GET", path, &nurse.token).await;
@@ -172,7 +172,7 @@ async fn misused_tokens_are_refused_with_the_kind_of_caveat_that_failed() {
     assert_eq!(a.status, 403);
     assert!(a.body.contains("network not allowed"), "{}", a.body);
     let here = attenuate(&nurse.token, &[Caveat::Net("127.0.0.0/8".parse::<IpNet>().unwrap())]).unwrap();
-    assert_eq!(call(b.addr(), nurse.cfg.clone(), "GET", path, &here).await.status, 501);
+    assert_eq!(call(b.addr(), nurse.cfg.clone(), "GET", path, &here).await.status, 200);
 
     // Attenuation narrows: the nurse cannot add what the role lacks, a doctor's token
     // narrowed to read cannot write.

@@ -245,3 +245,103 @@ mod tests {
         assert!(observation_value(&json!("x"), Some("kg".into())).is_err());
     }
 }
+
+/// QIDO-RS query keys for studies (PS3.18 10.6). `PatientID` is the pseudonym.
+#[derive(Deserialize, Default)]
+pub struct QidoStudies {
+    #[serde(rename = "PatientID")]
+    patient_id: Option<String>,
+    #[serde(rename = "StudyDate")]
+    study_date: Option<String>,
+    #[serde(rename = "ModalitiesInStudy")]
+    modality: Option<String>,
+    #[serde(rename = "StudyInstanceUID")]
+    study_uid: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+fn date_ok(d: &str) -> bool {
+    d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `StudyDate`: `YYYYMMDD`, `YYYYMMDD-YYYYMMDD`, `-YYYYMMDD` or `YYYYMMDD-`.
+fn date_range(v: &str) -> Result<(Option<String>, Option<String>), Error> {
+    let bad = || Error::bad_request("StudyDate is YYYYMMDD or a range YYYYMMDD-YYYYMMDD (either end may be open)");
+    let (from, to) = match v.split_once('-') {
+        Some((a, b)) => (a, b),
+        None => (v, v),
+    };
+    let conv = |s: &str| -> Result<Option<String>, Error> {
+        if s.is_empty() { Ok(None) } else if date_ok(s) { Ok(Some(s.to_owned())) } else { Err(bad()) }
+    };
+    let r = (conv(from)?, conv(to)?);
+    if r.0.is_none() && r.1.is_none() { Err(bad()) } else { Ok(r) }
+}
+
+/// One DICOM JSON attribute (PS3.18 F.2).
+fn attr(vr: &str, values: Vec<Value>) -> Value {
+    if values.is_empty() { json!({"vr": vr}) } else { json!({"vr": vr, "Value": values}) }
+}
+
+/// `GET /dicomweb/studies`: QIDO-RS study search over the clinical store, answered as
+/// `application/dicom+json`.
+pub async fn qido_studies(
+    State(s): State<AppState>,
+    Extension(c): Extension<ConnInfo>,
+    q: Result<axum::extract::Query<QidoStudies>, axum::extract::rejection::QueryRejection>,
+    h: HeaderMap,
+) -> Result<axum::response::Response, Error> {
+    let q = q.map(|axum::extract::Query(q)| q);
+    let mut need = Need::new(Op::Read, Store::Clinical, "/dicomweb/studies");
+    if let Ok(QidoStudies { patient_id: Some(p), .. }) = &q {
+        need = need.patient(p)?;
+    }
+    if let Ok(QidoStudies { study_uid: Some(u), .. }) = &q {
+        need = need.study(u)?;
+    }
+    let caller = authorize(&s, &c, &h, need)?;
+    let q = q.map_err(|_| Error::bad_request("malformed QIDO-RS query; keys: PatientID, StudyDate, ModalitiesInStudy, StudyInstanceUID, limit, offset"))?;
+    let (date_from, date_to) = match &q.study_date {
+        Some(d) => date_range(d)?,
+        None => (None, None),
+    };
+    // A token limited to one patient searches only that patient.
+    let pseudonym = q.patient_id.clone().or_else(|| caller.proof.effective().patient().map(|p| p.as_str().to_owned()));
+    let query = clinical_store::StudyQuery {
+        pseudonym,
+        study_uid: q.study_uid.clone(),
+        date_from,
+        date_to,
+        modality: q.modality.clone(),
+        limit: q.limit,
+        offset: q.offset.unwrap_or(0),
+        ..Default::default()
+    };
+    let studies = with_clinical(&s, &caller, move |st| st.find_studies(&query)).await?;
+    let out: Vec<Value> = studies
+        .iter()
+        .map(|x| {
+            json!({
+                "0020000D": attr("UI", vec![json!(x.study_uid)]),
+                "00100020": attr("LO", vec![json!(x.pseudonym)]),
+                "00080020": attr("DA", x.study_date.iter().map(|d| json!(d)).collect()),
+                "00080061": attr("CS", x.modalities.iter().map(|m| json!(m)).collect()),
+                "00081030": attr("LO", x.description.as_ref().and_then(|d| d.as_str()).map(|d| json!(d)).into_iter().collect()),
+                "00201206": attr("IS", vec![json!(x.series_count)]),
+                "00201208": attr("IS", vec![json!(x.instance_count)]),
+            })
+        })
+        .collect();
+    let mut e = caller.event("access", "allow");
+    e.op = Some("read");
+    e.store = Some("clinical");
+    e.route = Some("/dicomweb/studies".into());
+    e.patients = studies.iter().map(|x| x.pseudonym.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if !e.patients.is_empty() {
+        s.audit.record(&e)?;
+    }
+    let mut resp = axum::response::IntoResponse::into_response(Json(Value::Array(out)));
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/dicom+json"));
+    Ok(resp)
+}

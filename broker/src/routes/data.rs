@@ -1,4 +1,4 @@
-//! The data path: identity and clinical REST, DICOMweb, audit and research.
+//! The data-path routes not connected yet: STOW-RS, WADO-RS and research export.
 //!
 //! Authorization is complete here: each handler states its operation, store, patient and
 //! study and must obtain a [`Caller`] (carrying the token verifier's proof) first. The
@@ -23,14 +23,6 @@ fn not_wired(_caller: Caller, what: &'static str) -> Error {
 pub async fn research_export(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
     match authorize(&s, &c, &h, Need::new(Op::Export, Store::Clinical, "/api/v1/research/export")) {
         Ok(caller) => not_wired(caller, "research export"),
-        Err(e) => e,
-    }
-}
-
-/// `GET /dicomweb/studies`: QIDO-RS study search.
-pub async fn qido_studies(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
-    match authorize(&s, &c, &h, Need::new(Op::Read, Store::Clinical, "/dicomweb/studies")) {
-        Ok(caller) => not_wired(caller, "QIDO-RS"),
         Err(e) => e,
     }
 }

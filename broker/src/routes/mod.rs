@@ -62,7 +62,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/audit/proofs/inclusion", get(audit::inclusion))
         .route("/api/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/api/v1/research/export", get(data::research_export))
-        .route("/dicomweb/studies", get(data::qido_studies).post(data::stow))
+        .route("/dicomweb/studies", get(clinical::qido_studies).post(data::stow))
         .route("/dicomweb/studies/{study}", get(data::wado_study))
         .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
