@@ -210,8 +210,16 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
     let audit = opts.audit.unwrap_or_else(|| Box::new(trail.clone()));
     let bootstrap = opened.bootstrap.clone();
     let idle = std::time::Duration::from_secs(config.store_idle_secs);
-    let stores = crate::stores::Stores::new(&opened.data_dir, std::sync::Arc::new(keyring), idle)?;
-    let state = AppState::new(config.clone(), opened.accounts, audit, trail, stores);
+    let keyring = std::sync::Arc::new(keyring);
+    let stores = crate::stores::Stores::new(&opened.data_dir, keyring.clone(), idle)?;
+    let pipeline = crate::ingest::Pipeline {
+        vault: stores.vault.clone(),
+        clinical: stores.clinical.clone(),
+        keyring,
+        spool_dir: opened.data_dir.join("spool"),
+        limits: cleave_deid::Limits::default(),
+    };
+    let state = AppState::new(config.clone(), opened.accounts, audit, trail, stores, pipeline);
     let app = routes::router(state);
 
     let bind = |a: SocketAddr| async move {

@@ -21,6 +21,7 @@ mod broker;
 mod config;
 mod error;
 mod extract;
+mod ingest;
 mod pki;
 mod ratelimit;
 mod roles;

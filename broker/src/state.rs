@@ -22,12 +22,21 @@ pub(crate) struct Inner {
     /// test replaced the sink).
     pub trail: Arc<AuditTrail>,
     pub stores: Stores,
+    /// The one ingest path, shared by STOW-RS and DIMSE.
+    pub pipeline: crate::ingest::Pipeline,
 }
 
 impl AppState {
-    pub(crate) fn new(config: Config, accounts: Accounts, audit: Box<dyn AuditSink>, trail: Arc<AuditTrail>, stores: Stores) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        accounts: Accounts,
+        audit: Box<dyn AuditSink>,
+        trail: Arc<AuditTrail>,
+        stores: Stores,
+        pipeline: crate::ingest::Pipeline,
+    ) -> Self {
         let limiter = LoginLimiter::new(config.login.clone());
-        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail, stores }) }
+        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail, stores, pipeline }) }
     }
 }
 

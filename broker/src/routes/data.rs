@@ -27,15 +27,6 @@ pub async fn research_export(State(s): State<AppState>, Extension(c): Extension<
     }
 }
 
-/// `POST /dicomweb/studies`: STOW-RS. Append only: a modality's token allows this and
-/// nothing that reads.
-pub async fn stow(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
-    match authorize(&s, &c, &h, Need::new(Op::Append, Store::Clinical, "/dicomweb/studies")) {
-        Ok(caller) => not_wired(caller, "STOW-RS"),
-        Err(e) => e,
-    }
-}
-
 /// `GET /dicomweb/studies/{study}`: WADO-RS retrieve of one study.
 pub async fn wado_study(
     State(s): State<AppState>,

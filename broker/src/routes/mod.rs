@@ -18,6 +18,7 @@ mod identity;
 mod openapi;
 mod session;
 mod shares;
+mod stow;
 
 /// The hand-maintained OpenAPI description, served at `/api/v1/openapi.json`; a test checks
 /// that every path in it is routed.
@@ -62,7 +63,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/audit/proofs/inclusion", get(audit::inclusion))
         .route("/api/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/api/v1/research/export", get(data::research_export))
-        .route("/dicomweb/studies", get(clinical::qido_studies).post(data::stow))
+        .route("/dicomweb/studies", get(clinical::qido_studies).post(stow::stow))
         .route("/dicomweb/studies/{study}", get(data::wado_study))
         .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

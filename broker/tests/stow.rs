@@ -1,0 +1,174 @@
+//! STOW-RS through the real broker over mutual TLS, the way a modality sends: real DICOM
+//! files (pydicom's bundled CT and MR samples) in a multipart/related body. Each instance
+//! is split: its patient lands in the identity vault (found by name), a de-identified
+//! object in the clinical store (found by QIDO under the pseudonym), nothing identifying
+//! in clear on disk. Re-sending is idempotent; a malformed or non-DICOM part is refused
+//! with nothing stored.
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::*;
+use rustls::ClientConfig;
+
+fn pydicom_file(name: &str) -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!("from pydicom.data import get_testdata_file; print(get_testdata_file({name:?}))")])
+        .output()
+        .expect("python3 is needed: run .ci/run or install python3");
+    assert!(
+        out.status.success(),
+        "pydicom is needed for real DICOM samples: pip install pydicom (or run .ci/run): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+const BOUNDARY: &str = "cleave-test-boundary-7d1f";
+
+fn multipart(parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (ct, bytes) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Type: {ct}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+async fn stow(b: &Broker, cfg: Arc<ClientConfig>, token: &str, parts: &[(&str, &[u8])]) -> Answer {
+    let auth = format!("Bearer {token}");
+    let ct = format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}");
+    request(b.addr(), cfg, "POST", "/dicomweb/studies", &[("Authorization", &auth), ("Content-Type", &ct)], &multipart(parts))
+        .await
+        .unwrap()
+}
+
+async fn device(b: &Broker) -> (Arc<ClientConfig>, String) {
+    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
+    let issued = broker::issue_client_cert(b.data(), "ct-scanner", 30).unwrap();
+    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), "ct-scanner", &issued).unwrap();
+    opened.accounts.add_device(issued.fingerprint.hex(), "ct-scanner", "CT_2", "test").unwrap();
+    let cfg = b.client(Some((&cert, &key)));
+    let r = post_json(b.addr(), cfg.clone(), "/api/v1/device/token", None, &serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (cfg, r.json()["token"].as_str().unwrap().to_owned())
+}
+
+async fn staff(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, String) {
+    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
+    let creds = opened.accounts.add_staff(username, role, "radiology").unwrap();
+    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
+    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
+    let cfg = b.client(Some((&cert, &key)));
+    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
+    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (cfg, r.json()["token"].as_str().unwrap().to_owned())
+}
+
+fn studies(a: &Answer) -> Vec<serde_json::Value> {
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.json().as_array().cloned().unwrap_or_default()
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_modality_stores_real_dicom_and_it_is_split_between_the_stores() {
+    let b = start(TEST_CONFIG, false).await;
+    let (dev_cfg, dev) = device(&b).await;
+    let (nurse_cfg, nurse) = staff(&b, "nurse1", broker::Role::Nurse).await;
+    let ct = std::fs::read(pydicom_file("CT_small.dcm")).unwrap();
+    let mr = std::fs::read(pydicom_file("MR_small.dcm")).unwrap();
+
+    // Two real instances in one request.
+    let r = stow(&b, dev_cfg.clone(), &dev, &[("application/dicom", &ct), ("application/dicom", &mr)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type").as_deref(), Some("application/dicom+json"));
+    let stored = r.json()["00081199"]["Value"].as_array().cloned().unwrap();
+    assert_eq!(stored.len(), 2, "{}", r.body);
+    for item in &stored {
+        let uid = item["00081155"]["Value"][0].as_str().unwrap();
+        assert!(uid.starts_with("2.25."), "SOP instance UIDs are replaced by keyed ones");
+    }
+
+    // The nurse finds both studies by QIDO, under pseudonyms, with nothing identifying.
+    let found = studies(&get(b.addr(), nurse_cfg.clone(), "/dicomweb/studies", Some(&nurse)).await);
+    assert_eq!(found.len(), 2, "{found:?}");
+    let text = serde_json::to_string(&found).unwrap();
+    for phi in ["CompressedSamples", "1CT1", "4MR1"] {
+        assert!(!text.contains(phi), "QIDO answer holds {phi}");
+    }
+    let pseudonyms: Vec<String> =
+        found.iter().map(|s| s["00100020"]["Value"][0].as_str().unwrap_or_default().to_owned()).collect();
+    assert!(pseudonyms.iter().all(|p| p.starts_with("P1-")), "{pseudonyms:?}");
+
+    // The CT's patient is in the vault, found by name, and its pseudonym is the study's.
+    let r = get(b.addr(), nurse_cfg.clone(), "/api/v1/identity/patients?name=CompressedSamples%5ECT1", Some(&nurse)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let patients = r.json()["patients"].as_array().cloned().unwrap();
+    assert_eq!(patients.len(), 1, "{}", r.body);
+    let theirs: Vec<String> =
+        patients[0]["pseudonyms"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect();
+    assert!(theirs.iter().any(|p| pseudonyms.contains(p)), "vault pseudonym {theirs:?} not among {pseudonyms:?}");
+
+    // Sending the CT again is idempotent.
+    let r = stow(&b, dev_cfg.clone(), &dev, &[("application/dicom", &ct)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(studies(&get(b.addr(), nurse_cfg.clone(), "/dicomweb/studies", Some(&nurse)).await).len(), 2);
+
+    // A truncated instance and a non-DICOM part: refused with the standard's reason, nothing stored.
+    let truncated = &ct[..ct.len() - 1000];
+    let r = stow(&b, dev_cfg.clone(), &dev, &[("application/dicom", truncated), ("text/plain", b"hello")]).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let failed = r.json()["00081198"]["Value"].as_array().cloned().unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().all(|f| f["00081197"]["Value"][0] == 0xC000), "{}", r.body);
+    assert!(!r.body.contains("CompressedSamples"), "error answers carry no PHI");
+    assert_eq!(studies(&get(b.addr(), nurse_cfg.clone(), "/dicomweb/studies", Some(&nurse)).await).len(), 2);
+    // A truncated copy of a new patient's file must not leave that patient in the vault.
+    let mut other = mr.clone();
+    let at = other.windows(4).position(|w| w == b"4MR1").expect("MR_small holds its patient id");
+    other[at..at + 4].copy_from_slice(b"9ZZ9");
+    let r = stow(&b, dev_cfg.clone(), &dev, &[("application/dicom", &other[..other.len() - 500])]).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = get(b.addr(), nurse_cfg.clone(), "/api/v1/identity/patients?patient_id=9ZZ9", Some(&nurse)).await;
+    assert_eq!(r.json()["patients"].as_array().map(Vec::len), Some(0), "{}", r.body);
+
+    // Not a multipart body at all.
+    let auth = format!("Bearer {dev}");
+    let r = request(b.addr(), dev_cfg.clone(), "POST", "/dicomweb/studies", &[("Authorization", &auth), ("Content-Type", "application/dicom")], &ct)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.error_code().as_str()), (415, "unsupported_media_type"));
+
+    // A modality appends but never reads, and a nurse cannot append.
+    assert_eq!(get(b.addr(), dev_cfg.clone(), "/dicomweb/studies", Some(&dev)).await.status, 403);
+    assert_eq!(stow(&b, nurse_cfg.clone(), &nurse, &[("application/dicom", &ct)]).await.status, 403);
+
+    // Nothing identifying in clear anywhere in the data directory (the spool included).
+    for f in files_under(b.data()) {
+        let name = f.to_string_lossy();
+        if name.contains("bootstrap") || name.contains("test-certs") {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap();
+        for phi in [&b"CompressedSamples"[..], b"1CT1", b"4MR1"] {
+            assert!(!bytes.windows(phi.len()).any(|w| w == phi), "{} holds {}", name, String::from_utf8_lossy(phi));
+        }
+    }
+}
