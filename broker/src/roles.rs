@@ -121,10 +121,17 @@ mod tests {
         assert_eq!(exact, vec![Role::Doctor], "only roles listed here need per-store op caveats");
     }
 
-    /// broker/ROLES.md is what the README shows; it must say what the code does.
+    /// broker/ROLES.md and the top-level README show the table; both must say what the
+    /// code does.
     #[test]
     fn roles_md_matches_the_table() {
-        let md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ROLES.md")).unwrap();
+        for doc in ["/ROLES.md", "/../README.md"] {
+            roles_doc_matches(doc);
+        }
+    }
+
+    fn roles_doc_matches(doc: &str) {
+        let md = std::fs::read_to_string(format!("{}{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let stores = [Store::Identity, Store::Clinical, Store::Audit];
         for role in Role::ALL {
             let cells: Vec<String> = stores
@@ -136,7 +143,7 @@ mod tests {
                 })
                 .collect();
             let row = format!("| {} | {} |", role.name(), cells.join(" | "));
-            assert!(md.contains(&row), "ROLES.md must carry the row `{row}`");
+            assert!(md.contains(&row), "{doc} must carry the row `{row}`");
         }
     }
 
