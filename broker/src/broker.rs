@@ -146,9 +146,13 @@ pub struct RunningBroker {
     pub addr: SocketAddr,
     /// The consultant listener's address, if configured.
     pub consultant_addr: Option<SocketAddr>,
+    /// The DICOM TLS (DIMSE) listener's address, if configured.
+    pub dicom_addr: Option<SocketAddr>,
     /// What first run created, if this start was a first run.
     pub bootstrap: Option<BootstrapFiles>,
     tasks: Vec<JoinHandle<()>>,
+    /// Dropping the handle stops the DIMSE server (its stop channel closes).
+    dicom: Option<cleave_dimse::ServerHandle>,
 }
 
 impl Drop for RunningBroker {
@@ -162,6 +166,8 @@ impl Drop for RunningBroker {
 impl RunningBroker {
     /// Serve until the listeners fail (they do not, short of the process ending).
     pub async fn wait(mut self) {
+        // Keeps the DIMSE server running for as long as the HTTPS listeners.
+        let _dicom = self.dicom.take();
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
@@ -220,22 +226,32 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
         limits: cleave_deid::Limits::default(),
     };
     let state = AppState::new(config.clone(), opened.accounts, audit, trail, stores, pipeline);
-    let app = routes::router(state);
+    let app = routes::router(state.clone());
 
     let bind = |a: SocketAddr| async move {
         TcpListener::bind(a).await.map_err(|e| Error::Config(format!("cannot listen on {a} ({e}); choose another address")))
     };
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr().map_err(|e| Error::Config(format!("listener address: {e}")))?;
-    let mut tasks = vec![tokio::spawn(crate::server::serve(listener, TlsAcceptor::from(mtls), ListenerKind::Mtls, app.clone(), limits))];
+    let mut tasks = vec![tokio::spawn(crate::server::serve(listener, TlsAcceptor::from(mtls.clone()), ListenerKind::Mtls, app.clone(), limits))];
+    let dimse_tls = mtls.clone();
     let mut consultant_addr = None;
     if let (Some(a), Some(cfg)) = (config.consultant_listen, consultant_tls) {
         let l = bind(a).await?;
         consultant_addr = Some(l.local_addr().map_err(|e| Error::Config(format!("listener address: {e}")))?);
         tasks.push(tokio::spawn(crate::server::serve(l, TlsAcceptor::from(cfg), ListenerKind::Consultant, app, limits)));
     }
-    if config.dicom_listen.is_some() {
-        tracing::warn!("dicom_listen is set, but DICOM over TLS is served by the DIMSE component, not wired in this build");
+    // DICOM TLS: the same server certificate and the same CA for client certificates as the
+    // HTTPS listener, so a device enrolled once can use STOW-RS and C-STORE alike.
+    let mut dicom = None;
+    let mut dicom_addr = None;
+    if let Some(a) = config.dicom_listen {
+        let sink = std::sync::Arc::new(crate::dimse::DimseSink::new(state));
+        let server = cleave_dimse::DimseServer::bind(a, dimse_tls, sink, cleave_dimse::DimseConfig::default())
+            .await
+            .map_err(|e| Error::Config(format!("cannot serve DICOM TLS on {a} ({e}); choose another dicom_listen address")))?;
+        dicom_addr = Some(server.local_addr());
+        dicom = Some(server.spawn());
     }
-    Ok(RunningBroker { addr, consultant_addr, bootstrap, tasks })
+    Ok(RunningBroker { addr, consultant_addr, dicom_addr, bootstrap, tasks, dicom })
 }

@@ -19,6 +19,7 @@ mod audit;
 mod authz;
 mod broker;
 mod config;
+mod dimse;
 mod error;
 mod extract;
 mod ingest;
