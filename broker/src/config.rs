@@ -23,7 +23,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The optional server-only TLS listener for consultants holding a shared token.
     pub consultant_listen: Option<SocketAddr>,
-    /// The DICOM TLS listener (served by the DIMSE crate once wired; recorded here).
+    /// The DICOM TLS listener (DIMSE C-STORE and C-ECHO for enrolled devices; same CA and
+    /// server certificate as `listen`). Off unless set.
     pub dicom_listen: Option<SocketAddr>,
     /// Extra names and addresses the server certificate is valid for (its LAN name).
     pub host_names: Vec<String>,

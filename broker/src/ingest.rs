@@ -1,5 +1,5 @@
 //! The ingest pipeline: one PS3.10 instance in, identity to the vault, a de-identified
-//! object to the clinical store, one audit entry. STOW-RS uses it; DIMSE will too.
+//! object to the clinical store, one audit entry. STOW-RS and DIMSE C-STORE both use it.
 //!
 //! Why two passes. The de-identified object carries the patient's pseudonym as its Patient
 //! ID, but the pseudonym is only known once the vault has matched the identity in that same
@@ -41,7 +41,7 @@ pub(crate) struct Ingested {
     pub sop_instance_uid: String,
     pub study_uid: String,
     pub pseudonym: String,
-    #[allow(dead_code)] // reported by DIMSE (warning status) once it is wired
+    #[allow(dead_code)] // the DIMSE sink contract has no warning status to report it with yet
     pub already_stored: bool,
     /// The vault flagged the arrival for review (typo, id collision, possible duplicate).
     pub flagged: Option<&'static str>,
