@@ -166,6 +166,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
             if let Some(c) = running.consultant_addr {
                 eprintln!("consultant listener on https://{c} (shared tokens only)");
             }
+            if let Some(d) = running.dicom_addr {
+                eprintln!("DICOM TLS listener on {d} (enrolled devices: C-STORE, C-ECHO)");
+            }
             tokio::select! {
                 _ = running.wait() => {}
                 _ = tokio::signal::ctrl_c() => eprintln!("stopping"),

@@ -45,3 +45,64 @@ fn operator_commands_enrol_devices_add_users_and_rotate_keys() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
 }
+
+/// `serve --dicom-listen` starts the DICOM TLS port; a device enrolled on the command line
+/// can C-ECHO it with dcmtk, presenting the certificate the CLI wrote.
+#[test]
+fn serve_with_dicom_listen_answers_an_enrolled_device() {
+    use std::io::BufRead;
+    let echoscu = std::path::Path::new("/usr/bin/echoscu");
+    assert!(echoscu.exists(), "/usr/bin/echoscu is missing: install the Debian package dcmtk (apt-get install dcmtk)");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cleave-data");
+    let out_dir = dir.path().join("out");
+    run(&data, &["enroll", "device", "ct-scanner-3", "--ae-title", "CT3", "--out", out_dir.to_str().unwrap()]);
+
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_cleave-broker"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--listen", "127.0.0.1:0", "--dicom-listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr on a thread for the server's whole life: a closed pipe would make its
+    // next log line fail.
+    let stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut port = None;
+    let mut seen = String::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(rest) = line.strip_prefix("DICOM TLS listener on ") {
+            port = rest.split_whitespace().next().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.port());
+            break;
+        }
+    }
+    let echo = port.map(|port| {
+        Command::new(echoscu)
+            .env("TCP_NODELAY", "1")
+            .arg("+tls")
+            .arg(out_dir.join("ct-scanner-3.key"))
+            .arg(out_dir.join("ct-scanner-3.pem"))
+            .arg("+cf")
+            .arg(data.join("pki/ca.pem"))
+            .args(["-to", "10", "-aet", "CT3", "-aec", "CLEAVE", "127.0.0.1", &port.to_string()])
+            .output()
+            .unwrap()
+    });
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let echo = echo.unwrap_or_else(|| panic!("serve did not announce the DICOM listener: {seen}"));
+    assert!(
+        echo.status.success(),
+        "echoscu failed: {}{}",
+        String::from_utf8_lossy(&echo.stdout),
+        String::from_utf8_lossy(&echo.stderr)
+    );
+}
