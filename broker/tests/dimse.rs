@@ -158,6 +158,25 @@ async fn storescu_over_tls_stores_a_ct_that_the_nurse_then_finds() {
     let out = run(cmd).await;
     assert!(out.status.success(), "storescu (again) failed: {}", text(&out));
     assert_eq!(studies(&b, &nurse_cfg, &nurse).await.len(), 1);
+
+    // Both C-STOREs are in the audit log as ingests by the device, under the patient's
+    // keyed reference, like STOW-RS.
+    let (aud_cfg, auditor) = staff(&b, "auditor1", broker::Role::Auditor).await;
+    let r = get(b.addr(), aud_cfg, &format!("/api/v1/audit/entries?patient={pseudonym}"), Some(&auditor)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ingests: Vec<serde_json::Value> = r.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["op"] == "ingest")
+        .cloned()
+        .collect();
+    assert_eq!(ingests.len(), 2, "{}", r.body);
+    for e in &ingests {
+        assert_eq!(e["actor"]["kind"], "device", "{e}");
+        assert_eq!(e["outcome"]["result"], "allowed", "{e}");
+        assert!(e["actor"]["cert_sha256"].as_str().is_some_and(|h| h.len() == 64), "{e}");
+    }
 }
 
 #[tokio::test]
