@@ -366,6 +366,32 @@ fn audit_verify_pins_the_key_checks_growth_and_fails_closed() {
     assert_eq!(std::fs::read_to_string(&saved).unwrap(), lines.join("\n") + "\n", "the evidence is kept");
 }
 
+/// pydicom's bundled sample `name` (pydicom is installed by .ci/run).
+fn pydicom_file(name: &str) -> std::path::PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!("from pydicom.data import get_testdata_file; print(get_testdata_file({name:?}))")])
+        .output()
+        .expect("python3 is needed: run .ci/run");
+    assert!(out.status.success(), "pydicom is needed: pip install pydicom (or run .ci/run)");
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// (path, outcome) of each file in `push --json`'s report (the first JSON document; an
+/// error document may follow it).
+fn push_outcomes(o: &Output) -> Vec<(String, String)> {
+    let first: serde_json::Value = serde_json::Deserializer::from_slice(&o.stdout)
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no JSON report: {} {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+    first["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no files in {first}"))
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap_or_default().to_owned(), f["outcome"].as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
 #[test]
 fn a_device_pushes_and_a_doctor_cannot() {
     let w = World::start();
@@ -380,20 +406,30 @@ fn a_device_pushes_and_a_doctor_cannot() {
     assert_eq!(v["role"], "modality");
     assert_eq!(v["can_share"], false);
 
+    // A study folder as a modality leaves it: two real instances and one broken file.
     let dir = w.home.path().join("study");
     std::fs::create_dir_all(dir.join("series1")).unwrap();
-    std::fs::write(dir.join("series1/a.dcm"), b"not really dicom").unwrap();
-    std::fs::write(dir.join("b.dcm"), b"not really dicom either").unwrap();
+    std::fs::copy(pydicom_file("CT_small.dcm"), dir.join("series1/a.dcm")).unwrap();
+    std::fs::copy(pydicom_file("MR_small.dcm"), dir.join("b.dcm")).unwrap();
+    std::fs::write(dir.join("c.dcm"), b"not really dicom").unwrap();
     let o = w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--json"], &[]);
-    assert_authorized(&o, "a modality appends");
-    let journal = w.config_dir().join("state/ct/push-journal.json");
-    if outcome(&o) == "not_available" {
-        // Nothing was stored, so nothing may be recorded as sent: the next run resends all.
-        assert!(!journal.exists(), "a failed push must not journal files as sent");
-    } else {
-        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(j["files"].as_array().unwrap().len(), 2);
-    }
+    assert!(!o.status.success(), "a rejected file makes push fail");
+    let outcomes = push_outcomes(&o);
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|(_, k)| k == "stored").count(), 2, "{outcomes:?}");
+    assert!(outcomes.iter().any(|(p, k)| p.ends_with("c.dcm") && k == "rejected"), "{outcomes:?}");
+    // Resumable: the next run skips what was stored and resends only the rejected file.
+    let o = w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--json"], &[]);
+    let again = push_outcomes(&o);
+    assert_eq!(again.iter().filter(|(_, k)| k == "skipped").count(), 2, "{again:?}");
+    assert!(again.iter().any(|(p, k)| p.ends_with("c.dcm") && k == "rejected"), "{again:?}");
+    // With the broken file gone, --restart resends everything; STOW-RS answers success for
+    // an instance it already holds (idempotent; PS3.18 has no warning code for it).
+    std::fs::remove_file(dir.join("c.dcm")).unwrap();
+    let o = w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--restart", "--json"], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let restarted = push_outcomes(&o);
+    assert_eq!(restarted.iter().filter(|(_, k)| k == "stored" || k == "already-stored").count(), 2, "{restarted:?}");
     // The devices list shows it; the doctor's role has no append.
     let devices = w.ok(&["--profile", "admin", "admin", "devices", "list"], &[]);
     assert!(devices.contains("ct-scanner-1") && devices.contains("CT1") && devices.contains("active"), "{devices}");
@@ -401,7 +437,8 @@ fn a_device_pushes_and_a_doctor_cannot() {
     assert_refused(&w.cleave(&["--profile", "drx", "push", dir.to_str().unwrap(), "--json"], &[]), "a doctor pushes");
     // Revoking the device kills its token.
     w.ok(&["--profile", "admin", "admin", "devices", "revoke", issued.fingerprint.hex()], &[]);
-    assert_refused(&w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--json"], &[]), "a revoked device pushes");
+    // --restart, or the journal would skip every file and nothing would reach the broker.
+    assert_refused(&w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--restart", "--json"], &[]), "a revoked device pushes");
 }
 
 #[test]
