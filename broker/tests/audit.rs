@@ -3,28 +3,13 @@
 //! reads is itself recorded.
 mod common;
 
-use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use cleave_audit::{merkle, CheckpointVerifier};
 use common::*;
-use rustls::ClientConfig;
 
 const PATIENT: &str = "P1-00112233445566778899aabbccddeeff";
-
-/// Create an account with `role` and a client certificate, log in, return (config, token).
-async fn login(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, String) {
-    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
-    let creds = opened.accounts.add_staff(username, role, "ward-7").unwrap();
-    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
-    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
-    let cfg = b.client(Some((&cert, &key)));
-    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
-    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (cfg, r.json()["token"].as_str().unwrap().to_owned())
-}
 
 fn b64_32(v: &serde_json::Value) -> [u8; 32] {
     B64.decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
@@ -33,8 +18,8 @@ fn b64_32(v: &serde_json::Value) -> [u8; 32] {
 #[tokio::test]
 async fn requests_leave_verifiable_entries_without_phi_and_auditors_can_prove_them() {
     let b = start(TEST_CONFIG, false).await;
-    let (nurse_cfg, nurse) = login(&b, "nurse1", broker::Role::Nurse).await;
-    let (aud_cfg, auditor) = login(&b, "auditor1", broker::Role::Auditor).await;
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
+    let (aud_cfg, auditor) = staff_login(&b, "auditor1", broker::Role::Auditor).await;
 
     // A failed login whose "username" is PHI typed into the wrong field.
     let phi_name = "Jane Q Patient 19700101";

@@ -3,30 +3,16 @@
 //! without clinical read are refused, and nothing written is stored in clear.
 mod common;
 
-use std::sync::Arc;
 
 use common::*;
-use rustls::ClientConfig;
-
-async fn login(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, String) {
-    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
-    let creds = opened.accounts.add_staff(username, role, "ward-7").unwrap();
-    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
-    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
-    let cfg = b.client(Some((&cert, &key)));
-    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
-    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (cfg, r.json()["token"].as_str().unwrap().to_owned())
-}
 
 #[tokio::test]
 async fn doctors_write_notes_and_observations_nurses_read_them_and_nothing_is_in_clear() {
     let b = start(TEST_CONFIG, false).await;
-    let (reg_cfg, reg) = login(&b, "registrar", broker::Role::Registration).await;
-    let (doc_cfg, doc) = login(&b, "doctor1", broker::Role::Doctor).await;
-    let (nurse_cfg, nurse) = login(&b, "nurse1", broker::Role::Nurse).await;
-    let (res_cfg, researcher) = login(&b, "researcher1", broker::Role::Researcher).await;
+    let (reg_cfg, reg) = staff_login(&b, "registrar", broker::Role::Registration).await;
+    let (doc_cfg, doc) = staff_login(&b, "doctor1", broker::Role::Doctor).await;
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
+    let (res_cfg, researcher) = staff_login(&b, "researcher1", broker::Role::Researcher).await;
     let r = post_json(b.addr(), reg_cfg, "/api/v1/identity/patients", Some(&reg), &serde_json::json!({"family_name": "Quill", "birth_date": "19500101"})).await;
     let p = r.json()["pseudonym"].as_str().unwrap().to_owned();
 

@@ -80,18 +80,6 @@ fn certificate(b: &Broker, label: &str, ae: Option<&str>) -> Pair {
     Pair { cert, key }
 }
 
-async fn staff(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, String) {
-    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
-    let creds = opened.accounts.add_staff(username, role, "radiology").unwrap();
-    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
-    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
-    let cfg = b.client(Some((&cert, &key)));
-    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
-    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (cfg, r.json()["token"].as_str().unwrap().to_owned())
-}
-
 async fn studies(b: &Broker, cfg: &Arc<ClientConfig>, token: &str) -> Vec<serde_json::Value> {
     let a = get(b.addr(), cfg.clone(), "/dicomweb/studies", Some(token)).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -119,7 +107,7 @@ async fn storescu_over_tls_stores_a_ct_that_the_nurse_then_finds() {
     let b = start(CONFIG, false).await;
     assert!(b.running.dicom_addr.is_some(), "dicom_listen in the config must start the DIMSE listener");
     let device = certificate(&b, "ct-dimse", Some(AE));
-    let (nurse_cfg, nurse) = staff(&b, "nurse1", broker::Role::Nurse).await;
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
     assert!(studies(&b, &nurse_cfg, &nurse).await.is_empty());
 
     // C-ECHO from the enrolled device.
@@ -161,7 +149,7 @@ async fn storescu_over_tls_stores_a_ct_that_the_nurse_then_finds() {
 
     // Both C-STOREs are in the audit log as ingests by the device, under the patient's
     // keyed reference, like STOW-RS.
-    let (aud_cfg, auditor) = staff(&b, "auditor1", broker::Role::Auditor).await;
+    let (aud_cfg, auditor) = staff_login(&b, "auditor1", broker::Role::Auditor).await;
     let r = get(b.addr(), aud_cfg, &format!("/api/v1/audit/entries?patient={pseudonym}"), Some(&auditor)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let ingests: Vec<serde_json::Value> = r.json()["entries"]
@@ -184,7 +172,7 @@ async fn wrong_ae_title_unknown_certificate_and_revoked_device_are_refused() {
     let b = start(CONFIG, false).await;
     let device = certificate(&b, "ct-dimse", Some(AE));
     let stranger = certificate(&b, "not-enrolled", None);
-    let (nurse_cfg, nurse) = staff(&b, "nurse1", broker::Role::Nurse).await;
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
     let ct = pydicom_file("CT_small.dcm");
 
     // The right device works (so the refusals below are about what changed).

@@ -9,18 +9,6 @@ use std::sync::Arc;
 use common::*;
 use rustls::ClientConfig;
 
-async fn login(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, String) {
-    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
-    let creds = opened.accounts.add_staff(username, role, "ward-7").unwrap();
-    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
-    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
-    let cfg = b.client(Some((&cert, &key)));
-    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
-    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (cfg, r.json()["token"].as_str().unwrap().to_owned())
-}
-
 async fn patch(b: &Broker, cfg: Arc<ClientConfig>, path: &str, token: &str, body: &serde_json::Value) -> Answer {
     let auth = format!("Bearer {token}");
     request(b.addr(), cfg, "PATCH", path, &[("Authorization", &auth), ("Content-Type", "application/json")], body.to_string().as_bytes())
@@ -31,10 +19,10 @@ async fn patch(b: &Broker, cfg: Arc<ClientConfig>, path: &str, token: &str, body
 #[tokio::test]
 async fn registration_registers_nurses_find_and_every_access_is_audited_by_patient() {
     let b = start(TEST_CONFIG, false).await;
-    let (reg_cfg, reg) = login(&b, "registrar", broker::Role::Registration).await;
-    let (nurse_cfg, nurse) = login(&b, "nurse1", broker::Role::Nurse).await;
-    let (res_cfg, researcher) = login(&b, "researcher1", broker::Role::Researcher).await;
-    let (aud_cfg, auditor) = login(&b, "auditor1", broker::Role::Auditor).await;
+    let (reg_cfg, reg) = staff_login(&b, "registrar", broker::Role::Registration).await;
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
+    let (res_cfg, researcher) = staff_login(&b, "researcher1", broker::Role::Researcher).await;
+    let (aud_cfg, auditor) = staff_login(&b, "auditor1", broker::Role::Auditor).await;
 
     let jane = serde_json::json!({
         "family_name": "Zyxwvutson", "given_name": "Janeqx", "birth_date": "19700304", "sex": "F",
@@ -96,7 +84,7 @@ async fn registration_registers_nurses_find_and_every_access_is_audited_by_patie
 
     // A second registration with another MRN but the same person's details is flagged;
     // the IT administrator merges it, and the merge is audited under both patients.
-    let (adm_cfg, admin) = login(&b, "itadmin1", broker::Role::ItAdmin).await;
+    let (adm_cfg, admin) = staff_login(&b, "itadmin1", broker::Role::ItAdmin).await;
     let mut dup = jane.clone();
     dup["patient_id"] = serde_json::json!("MRN-9999");
     dup["address"] = serde_json::json!("3 New Road");

@@ -57,18 +57,6 @@ async fn device(b: &Broker) -> (Arc<ClientConfig>, String) {
     (cfg, r.json()["token"].as_str().unwrap().to_owned())
 }
 
-async fn staff(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, String) {
-    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
-    let creds = opened.accounts.add_staff(username, role, "radiology").unwrap();
-    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
-    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
-    let cfg = b.client(Some((&cert, &key)));
-    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
-    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (cfg, r.json()["token"].as_str().unwrap().to_owned())
-}
-
 fn studies(a: &Answer) -> Vec<serde_json::Value> {
     assert_eq!(a.status, 200, "{}", a.body);
     a.json().as_array().cloned().unwrap_or_default()
@@ -91,7 +79,7 @@ fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
 async fn a_modality_stores_real_dicom_and_it_is_split_between_the_stores() {
     let b = start(TEST_CONFIG, false).await;
     let (dev_cfg, dev) = device(&b).await;
-    let (nurse_cfg, nurse) = staff(&b, "nurse1", broker::Role::Nurse).await;
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
     let ct = std::fs::read(pydicom_file("CT_small.dcm")).unwrap();
     let mr = std::fs::read(pydicom_file("MR_small.dcm")).unwrap();
 

@@ -177,3 +177,17 @@ pub fn totp(base32: &str, step_offset: i64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     t.generate(((now + 30 * step_offset) as u64 / 30) * 30)
 }
+
+/// Create a staff account with `role` and a client certificate issued by the broker's CA,
+/// then log in over mutual TLS with password and TOTP. Returns (client config, token).
+pub async fn staff_login(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, String) {
+    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
+    let creds = opened.accounts.add_staff(username, role, "ward-7").unwrap();
+    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
+    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
+    let cfg = b.client(Some((&cert, &key)));
+    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
+    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (cfg, r.json()["token"].as_str().unwrap().to_owned())
+}
