@@ -12,17 +12,11 @@ use std::sync::Arc;
 use common::*;
 use rustls::ClientConfig;
 
-const CONFIG: &str = "
-dicom_listen = \"127.0.0.1:0\"
-header_read_timeout_secs = 2
-idle_timeout_secs = 30
-handshake_timeout_secs = 5
-max_body_bytes = 4096
-[login]
-max_failures_per_account = 3
-max_failures_per_address = 50
-window_secs = 900
-";
+/// The shared test configuration plus a DICOM TLS listener on an ephemeral port (a
+/// top-level key, so it goes before the config's `[login]` table).
+fn config() -> String {
+    format!("dicom_listen = \"127.0.0.1:0\"{TEST_CONFIG}")
+}
 
 const AE: &str = "CT_DIMSE";
 
@@ -104,7 +98,7 @@ fn audit_has(b: &Broker, needle: &str) -> bool {
 
 #[tokio::test]
 async fn storescu_over_tls_stores_a_ct_that_the_nurse_then_finds() {
-    let b = start(CONFIG, false).await;
+    let b = start(&config(), false).await;
     assert!(b.running.dicom_addr.is_some(), "dicom_listen in the config must start the DIMSE listener");
     let device = certificate(&b, "ct-dimse", Some(AE));
     let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
@@ -169,7 +163,7 @@ async fn storescu_over_tls_stores_a_ct_that_the_nurse_then_finds() {
 
 #[tokio::test]
 async fn wrong_ae_title_unknown_certificate_and_revoked_device_are_refused() {
-    let b = start(CONFIG, false).await;
+    let b = start(&config(), false).await;
     let device = certificate(&b, "ct-dimse", Some(AE));
     let stranger = certificate(&b, "not-enrolled", None);
     let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;

@@ -46,17 +46,6 @@ async fn stow(b: &Broker, cfg: Arc<ClientConfig>, token: &str, parts: &[(&str, &
         .unwrap()
 }
 
-async fn device(b: &Broker) -> (Arc<ClientConfig>, String) {
-    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
-    let issued = broker::issue_client_cert(b.data(), "ct-scanner", 30).unwrap();
-    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), "ct-scanner", &issued).unwrap();
-    opened.accounts.add_device(issued.fingerprint.hex(), "ct-scanner", "CT_2", "test").unwrap();
-    let cfg = b.client(Some((&cert, &key)));
-    let r = post_json(b.addr(), cfg.clone(), "/api/v1/device/token", None, &serde_json::json!({})).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (cfg, r.json()["token"].as_str().unwrap().to_owned())
-}
-
 fn studies(a: &Answer) -> Vec<serde_json::Value> {
     assert_eq!(a.status, 200, "{}", a.body);
     a.json().as_array().cloned().unwrap_or_default()
@@ -78,7 +67,7 @@ fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
 #[tokio::test]
 async fn a_modality_stores_real_dicom_and_it_is_split_between_the_stores() {
     let b = start(TEST_CONFIG, false).await;
-    let (dev_cfg, dev) = device(&b).await;
+    let (dev_cfg, dev) = device_login(&b, "ct-scanner").await;
     let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
     let ct = std::fs::read(pydicom_file("CT_small.dcm")).unwrap();
     let mr = std::fs::read(pydicom_file("MR_small.dcm")).unwrap();

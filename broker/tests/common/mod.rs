@@ -191,3 +191,16 @@ pub async fn staff_login(b: &Broker, username: &str, role: broker::Role) -> (Arc
     assert_eq!(r.status, 200, "{}", r.body);
     (cfg, r.json()["token"].as_str().unwrap().to_owned())
 }
+
+/// Enroll a device (AE title `CT_2`) with a client certificate from the broker's CA, and
+/// fetch its append-only token over mutual TLS. Returns (client config, token).
+pub async fn device_login(b: &Broker, label: &str) -> (Arc<ClientConfig>, String) {
+    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
+    let issued = broker::issue_client_cert(b.data(), label, 30).unwrap();
+    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), label, &issued).unwrap();
+    opened.accounts.add_device(issued.fingerprint.hex(), label, "CT_2", "test").unwrap();
+    let cfg = b.client(Some((&cert, &key)));
+    let r = post_json(b.addr(), cfg.clone(), "/api/v1/device/token", None, &serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (cfg, r.json()["token"].as_str().unwrap().to_owned())
+}
