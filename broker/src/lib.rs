@@ -23,6 +23,7 @@ mod dimse;
 mod error;
 mod extract;
 mod ingest;
+mod memory;
 mod pki;
 mod ratelimit;
 mod roles;
@@ -40,6 +41,7 @@ pub use broker::{open, start, BootstrapFiles, MasterKeySource, Opened, RunningBr
 pub use config::{Config, LoginLimits, PkiConfig, CONFIG_FILE};
 pub use error::Error;
 pub use pki::{fingerprint_of_pem_file, issue_client_cert, write_pair, CertFingerprint, IssuedCert, LocalPkiPaths};
+pub use memory::{zeroing_allocator, ZeroingAllocator};
 pub use roles::Role;
 pub use cleave_tokens::{Authorized, Op, Store};
 pub use routes::OPENAPI_JSON;

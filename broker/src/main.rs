@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use broker::{Error, MasterKeySource, Role, ServeOptions};
 use clap::{Args, Parser, Subcommand};
 
+// Freed heap blocks are wiped: request and response buffers carry PHI (threat T3).
+#[global_allocator]
+static ALLOC: broker::ZeroingAllocator = broker::zeroing_allocator();
+
 /// Cleave's broker: the only door to the identity and clinical stores.
 #[derive(Parser)]
 #[command(name = "cleave-broker", version)]

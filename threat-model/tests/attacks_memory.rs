@@ -1,11 +1,14 @@
-//! PENDING (not compiled): move into tests/ once the broker leaves no identity canary in
-//! freed memory; today it fails, see THREATS.md T3. Run it by copying it to tests/.
 //! T3: memory disclosure after the requests are over. A broker runs as a child process
 //! (this test binary re-invoked, running `broker::start`, the code `cleave-broker serve`
 //! runs) with a 1 s store idle TTL. Identities with canary values are registered and read
 //! back over mutual TLS; once the TTL has passed, every readable private mapping of the
 //! child is read through /proc/<pid>/mem and searched for the canaries.
 mod common;
+
+// The allocator `cleave-broker` runs on (broker/src/main.rs): the child below is this test
+// binary, so it must run on the same one for the attack to test what ships.
+#[global_allocator]
+static ALLOC: broker::ZeroingAllocator = broker::zeroing_allocator();
 
 use std::time::Duration;
 
@@ -16,10 +19,9 @@ const ADDRESS: &str = "17 Quillfeather Lane Memtown";
 const NATIONAL_ID: &str = "QZ9988MEM77";
 const ENV_CANARY: &str = "EnvCanaryQuillfeatherMem77";
 
-/// The child: serve until killed.
-#[tokio::test]
-async fn child_broker_process() {
-    let Ok(dir) = std::env::var("THREAT_MODEL_CHILD_DATA") else { return };
+/// The child: serve until killed. It is this test binary re-invoked for the attack test
+/// below with `THREAT_MODEL_CHILD_DATA` set, so it runs on the same allocator.
+async fn serve_as_child(dir: String) {
     let mut opts = broker::ServeOptions::new(&dir);
     opts.listen = Some("127.0.0.1:0".parse().unwrap());
     let running = broker::start(opts).await.unwrap();
@@ -38,8 +40,8 @@ impl Drop for Child {
 
 #[tokio::test]
 async fn idle_server_memory_holds_no_canary() {
-    if std::env::var("THREAT_MODEL_CHILD_DATA").is_ok() {
-        return;
+    if let Ok(dir) = std::env::var("THREAT_MODEL_CHILD_DATA") {
+        return serve_as_child(dir).await;
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(broker::CONFIG_FILE), "store_idle_secs = 1\nheader_read_timeout_secs = 2\n").unwrap();
@@ -54,7 +56,7 @@ async fn idle_server_memory_holds_no_canary() {
     drop(opened);
     let child = Child(
         std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_broker_process", "--nocapture"])
+            .args(["--exact", "idle_server_memory_holds_no_canary", "--nocapture"])
             .env("THREAT_MODEL_CHILD_DATA", dir.path())
             .env("THREAT_MODEL_ENV_CANARY", ENV_CANARY)
             .stdout(std::process::Stdio::null())
