@@ -13,6 +13,7 @@
 //! `broker/tokens/README.md`; the byte format and test vectors in `broker/tokens/FORMAT.md`.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod caveat;
 mod crypto;
 mod error;
@@ -20,6 +21,7 @@ mod macaroon;
 mod verify;
 mod wire;
 
+pub use cache::{VerifiedToken, VerifiedTokens};
 pub use caveat::{Caveat, CaveatKind, Op, OpSet, Pseudonym, ShareId, Store, StoreSet, StudyUid, MAX_NOTE_LEN};
 pub use crypto::RootKey;
 pub use error::{Denial, Result};

@@ -180,6 +180,17 @@ impl Macaroon {
     /// [`Macaroon::bind_discharge`]), authorizes the request `ctx`. `root_key` is the key of
     /// the grant named by [`Macaroon::identifier`].
     pub fn verify(&self, root_key: &RootKey, discharges: &[Macaroon], ctx: &RequestContext) -> Result<Authorized> {
+        self.verify_keeping_caveats(root_key, discharges, ctx).map(|(authorized, _)| authorized)
+    }
+
+    /// [`Macaroon::verify`], also handing back the typed caveats (the token's and its
+    /// discharges'), which a [`crate::VerifiedTokens`] cache keeps.
+    pub(crate) fn verify_keeping_caveats(
+        &self,
+        root_key: &RootKey,
+        discharges: &[Macaroon],
+        ctx: &RequestContext,
+    ) -> Result<(Authorized, Vec<Caveat>)> {
         if discharges.len() > MAX_DISCHARGES {
             return Err(Denial::TooLarge("discharge count"));
         }
@@ -203,23 +214,28 @@ impl Macaroon {
         if used.iter().take(discharges.len()).any(|u| !u) {
             return Err(Denial::DischargeUnused);
         }
+        Ok((authorized(&self.identifier, &typed, ctx), typed))
+    }
+}
 
-        let share_ids = typed
-            .iter()
-            .filter_map(|c| match c {
-                Caveat::Share(id) => Some(id.clone()),
-                _ => None,
-            })
-            .collect();
-        Ok(Authorized {
-            identifier: self.identifier.clone(),
-            op: ctx.op,
-            store: ctx.store,
-            patient: ctx.patient.clone(),
-            share_ids,
-            effective: Scope::of(typed.iter()),
-            _proof: (),
+/// The proof for `ctx`, once every caveat in `typed` has been checked against it and the
+/// chain that carries them has been verified. Only this crate calls it.
+pub(crate) fn authorized(identifier: &[u8], typed: &[Caveat], ctx: &RequestContext) -> Authorized {
+    let share_ids = typed
+        .iter()
+        .filter_map(|c| match c {
+            Caveat::Share(id) => Some(id.clone()),
+            _ => None,
         })
+        .collect();
+    Authorized {
+        identifier: identifier.to_vec(),
+        op: ctx.op,
+        store: ctx.store,
+        patient: ctx.patient.clone(),
+        share_ids,
+        effective: Scope::of(typed.iter()),
+        _proof: (),
     }
 }
 
