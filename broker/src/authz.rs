@@ -141,7 +141,7 @@ fn check(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, need: Need, eve
         peer_ip: conn.peer.ip(),
         now: time::OffsetDateTime::now_utc(),
     };
-    let proof = tokens_adapter::verify(&p.token, &p.discharges, &grant.root_key, &facts, conn.listener)?;
+    let proof = tokens_adapter::verify(&state.verified, &p.token, &p.discharges, &grant.root_key, &facts, conn.listener)?;
     let shares: Vec<String> = proof.share_ids().iter().map(|s| s.as_str().to_owned()).collect();
     event.share_id = shares.first().cloned();
     if proof.effective().cert().is_none() && shares.is_empty() {

@@ -7,6 +7,10 @@ use crate::config::Config;
 use crate::ratelimit::LoginLimiter;
 use crate::stores::Stores;
 
+/// Verified tokens remembered at most: far above a hospital's staff and devices on shift,
+/// and a few MiB at most (a cache miss only costs a full verification).
+const VERIFIED_TOKENS: usize = 20_000;
+
 /// Shared by all handlers of one broker.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -24,6 +28,9 @@ pub(crate) struct Inner {
     pub stores: Stores,
     /// The one ingest path, shared by STOW-RS and DIMSE.
     pub pipeline: crate::ingest::Pipeline,
+    /// Tokens whose HMAC chain has verified under this broker's grants: a session token
+    /// pays for its chain once; every caveat is still checked on every request.
+    pub verified: cleave_tokens::VerifiedTokens,
 }
 
 impl AppState {
@@ -36,7 +43,8 @@ impl AppState {
         pipeline: crate::ingest::Pipeline,
     ) -> Self {
         let limiter = LoginLimiter::new(config.login.clone());
-        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail, stores, pipeline }) }
+        let verified = cleave_tokens::VerifiedTokens::new(VERIFIED_TOKENS);
+        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail, stores, pipeline, verified }) }
     }
 }
 

@@ -6,7 +6,7 @@
 //! a minted token carries `cert = sha256:<hex>`, `expires < <end of shift>`, `ops = ...`
 //! and `stores = ...`; its identifier is the grant id (32 hex characters).
 use cleave_keys::Key32;
-use cleave_tokens::{Authorized, Caveat, Denial, Macaroon, OpSet, RequestContext, RootKey, StoreSet};
+use cleave_tokens::{Authorized, Caveat, Denial, Macaroon, OpSet, RequestContext, RootKey, StoreSet, VerifiedTokens};
 
 use crate::authz::RequestFacts;
 use crate::pki::CertFingerprint;
@@ -71,20 +71,16 @@ pub(crate) fn grant_id(token: &str) -> Result<String, Error> {
     Ok(id.to_owned())
 }
 
-/// Verify `token` with its `discharges` under `root` for a request with `facts`.
+/// Verify `token` with its `discharges` under `root` for a request with `facts`. A token
+/// whose chain has verified before (`verified`) only has its caveats checked again.
 pub(crate) fn verify(
+    verified: &VerifiedTokens,
     token: &str,
     discharges: &[String],
     root: &Key32,
     facts: &RequestFacts,
     listener: ListenerKind,
 ) -> Result<Authorized, Error> {
-    let m = Macaroon::parse(token).map_err(|d| Error::unauthorized(d.to_string()))?;
-    let ds = discharges
-        .iter()
-        .map(|d| Macaroon::parse(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|d| Error::unauthorized(format!("a discharge: {d}")))?;
     let mut ctx = RequestContext::new(facts.now.into(), facts.op, facts.store, facts.peer_ip);
     if let Some(p) = &facts.patient {
         ctx = ctx.with_patient(p.clone());
@@ -95,7 +91,18 @@ pub(crate) fn verify(
     if let Some(c) = &facts.client_cert {
         ctx = ctx.with_client_cert(c.bytes());
     }
-    m.verify(&RootKey::new(root), &ds, &ctx).map_err(|d| denial(d, listener))
+    let ds: Vec<&str> = discharges.iter().map(String::as_str).collect();
+    if let Some(hit) = verified.get(token, &ds) {
+        return hit.authorize(&ctx).map_err(|d| denial(d, listener));
+    }
+    verified.verify(token, &ds, &RootKey::new(root), &ctx).map_err(|d| match d {
+        // Which text was malformed: a discharge or the token (the token was parsed once
+        // already, by `grant_id`, so a parse failure here is a discharge's).
+        d @ (Denial::Malformed(_) | Denial::TooLarge(_) | Denial::UnsupportedFormat) if !ds.is_empty() && Macaroon::parse(token).is_ok() => {
+            Error::unauthorized(format!("a discharge: {d}"))
+        }
+        d => denial(d, listener),
+    })
 }
 
 /// 401 when the token itself is no good (malformed, forged, expired): get a new one.
