@@ -38,6 +38,12 @@ pub struct Config {
     pub header_read_timeout_secs: u64,
     /// Seconds a connection may stay without any traffic before it is closed.
     pub idle_timeout_secs: u64,
+    /// Seconds a request body may keep the server waiting before `min_body_bytes_per_sec`
+    /// applies (slow-body defence; only time spent waiting for the client counts).
+    pub body_grace_secs: u64,
+    /// After the grace period, a request body must average at least this many bytes per
+    /// second of waiting, or the request is answered 408 and nothing is stored.
+    pub min_body_bytes_per_sec: u64,
     /// Seconds a client has to complete the TLS handshake.
     pub handshake_timeout_secs: u64,
     /// Connections served at once per listener; more are refused at accept.
@@ -93,6 +99,8 @@ impl Default for Config {
             max_body_bytes: 64 * 1024 * 1024,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 120,
+            body_grace_secs: 10,
+            min_body_bytes_per_sec: 1024,
             handshake_timeout_secs: 10,
             max_connections: 512,
             login: LoginLimits::default(),
@@ -134,6 +142,8 @@ impl Config {
             ("device_token_days", self.device_token_days),
             ("header_read_timeout_secs", self.header_read_timeout_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
+            ("body_grace_secs", self.body_grace_secs),
+            ("min_body_bytes_per_sec", self.min_body_bytes_per_sec),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
             ("login.window_secs", self.login.window_secs),
             ("audit_checkpoint_secs", self.audit_checkpoint_secs),

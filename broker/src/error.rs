@@ -53,6 +53,9 @@ pub enum Error {
     /// The body exceeds the configured limit.
     #[error("the request body is larger than this server accepts; send less data per request")]
     PayloadTooLarge,
+    /// The request body arrived too slowly (see `min_body_bytes_per_sec`).
+    #[error("the request body arrived too slowly; the request was dropped and nothing was stored: send it again over a faster link")]
+    RequestTimeout,
     /// Too many attempts; try again after the given number of seconds.
     #[error("too many attempts; try again in {retry_after_secs} seconds")]
     TooManyRequests { retry_after_secs: u64 },
@@ -123,6 +126,7 @@ impl Error {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Error::NotWired(_) => (StatusCode::NOT_IMPLEMENTED, "not_wired"),

@@ -21,6 +21,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(JsonRejection::BytesRejection(b)) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(Error::payload_too_large())
             }
+            Err(JsonRejection::BytesRejection(b)) if crate::slowbody::is_too_slow(&b) => Err(Error::RequestTimeout),
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(Error::bad_request("send the body as JSON with `Content-Type: application/json`"))
             }

@@ -29,6 +29,7 @@ mod ratelimit;
 mod roles;
 mod routes;
 mod server;
+mod slowbody;
 mod state;
 mod stores;
 mod tls;

@@ -142,8 +142,8 @@ async fn oversized_and_slow_requests_are_cut_off() {
     let a = raw_request(b.addr(), admin.clone(), &chunked).await.unwrap();
     assert_eq!(a.status, 413, "{}", a.body);
     // A 1 GiB Content-Length: refused as soon as the bytes sent pass the limit, without
-    // reading (or buffering) the rest. (The header alone is not refused up front: see the
-    // slow-body residual risk in THREATS.md.)
+    // reading (or buffering) the rest. (The header alone is not refused up front; a body
+    // that then stalls is cut off by the rate floor, see the next test.)
     let started = Instant::now();
     let mut liar = b"POST /api/v1/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n".to_vec();
     liar.extend_from_slice(&[b'a'; 8192]);
@@ -205,4 +205,70 @@ async fn oversized_and_slow_requests_are_cut_off() {
         assert!(!text.contains("200 OK"), "a slow request head was served");
     }
     assert_eq!(get(b.addr(), admin, "/api/v1/openapi.json", None).await.status, 200);
+}
+
+/// Send `head`, then `body` in `pieces` equal parts with `pause` between them; the answer.
+async fn dribble(addr: std::net::SocketAddr, cfg: std::sync::Arc<rustls::ClientConfig>, head: String, body: Vec<u8>, pieces: usize, pause: Duration) -> (Duration, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let step = body.len().div_ceil(pieces);
+        for piece in body.chunks(step) {
+            if wr.write_all(piece).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    });
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut out)).await;
+    writer.abort();
+    assert!(r.is_ok(), "the connection was still open after 30 s");
+    (started.elapsed(), String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn slow_request_bodies_are_cut_off_and_store_nothing() {
+    // body_grace_secs = 2 and min_body_bytes_per_sec = 200 in TEST_CONFIG.
+    let b = start(TEST_CONFIG, false).await;
+    let admin = b.admin_client();
+    let login = serde_json::json!({"username": "admin", "password": "x", "totp": "000000"}).to_string().into_bytes();
+    let head = |len: usize| {
+        format!("POST /api/v1/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+    };
+    // Oracle: the same body with one short pause (inside the grace) is judged on its merits.
+    let (_, text) = dribble(b.addr(), admin.clone(), head(login.len()), login.clone(), 2, Duration::from_millis(800)).await;
+    assert!(text.starts_with("HTTP/1.1 401"), "a body with a short pause was not judged: {text}");
+    // A body trickled at ~2 bytes/s: 408 soon after the grace, long before it would end.
+    let (took, text) = dribble(b.addr(), admin.clone(), head(login.len()), login.clone(), login.len(), Duration::from_millis(500)).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "a trickled body was not cut off: {text}");
+    assert!(text.contains("request_timeout"), "not the one error format: {text}");
+    assert!(took < Duration::from_secs(10), "cut off only after {took:?}");
+
+    // The same against STOW-RS, with a real instance: 408, and nothing reaches the stores.
+    let modality = device(&b, "ct-slow").await;
+    let (dev_cfg, dev) = (modality.cfg.clone(), modality.token.clone());
+    let ct = std::fs::read(pydicom_file("CT_small.dcm")).unwrap();
+    let boundary = "slow-body-boundary-5e1";
+    let mut body = format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
+    body.extend_from_slice(&ct[..4096]);
+    let stow_head = format!(
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {dev}\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len() + ct.len()
+    );
+    let (took, text) = dribble(b.addr(), dev_cfg, stow_head, body, 64, Duration::from_millis(500)).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "a trickled STOW-RS body was not cut off: {text}");
+    assert!(took < Duration::from_secs(12), "cut off only after {took:?}");
+    let nurse = person(&b, "nurse-slow", broker::Role::Nurse).await;
+    let r = get(b.addr(), nurse.cfg.clone(), "/dicomweb/studies", Some(&nurse.token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json().as_array().map(Vec::len), Some(0), "a cut-off STOW-RS stored something: {}", r.body);
 }

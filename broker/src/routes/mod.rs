@@ -27,6 +27,10 @@ pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 /// Build the router for one broker.
 pub(crate) fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
+    let rate = crate::slowbody::MinRate {
+        grace: std::time::Duration::from_secs(state.config.body_grace_secs),
+        bytes_per_sec: state.config.min_body_bytes_per_sec,
+    };
     Router::new()
         // Anyone who completed the TLS handshake.
         .route("/api/v1/openapi.json", get(openapi::openapi))
@@ -68,5 +72,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| crate::slowbody::guard(rate, req, next)))
         .with_state(state)
 }

@@ -80,10 +80,13 @@ pub async fn stow(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, 
     let mut parts = multer::Multipart::new(body.into_data_stream(), boundary);
     let mut stored: Vec<Value> = Vec::new();
     let mut failed: Vec<Value> = Vec::new();
+    // A body too slow to be worth waiting for (slowbody.rs): 408 if nothing was stored yet.
+    let mut too_slow = false;
     loop {
         let mut field = match parts.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
+            Err(e) if stored.is_empty() && crate::slowbody::is_too_slow(&e) => return Err(Error::RequestTimeout),
             Err(_) if stored.is_empty() && failed.is_empty() => {
                 return Err(Error::bad_request("the body is not a well-formed multipart/related message"))
             }
@@ -113,7 +116,8 @@ pub async fn stow(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, 
                         }
                     }
                     Ok(None) => break,
-                    Err(_) => {
+                    Err(e) => {
+                        too_slow = crate::slowbody::is_too_slow(&e);
                         let _ = tx
                             .send(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the part was cut short")))
                             .await;
@@ -124,6 +128,9 @@ pub async fn stow(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, 
             drop(tx);
             task.await.unwrap_or_else(|_| Err(IngestError::Storage("the ingest task stopped".into())))
         };
+        if too_slow && stored.is_empty() && result.is_err() {
+            return Err(Error::RequestTimeout);
+        }
         match result {
             Ok(done) => {
                 let mut e = caller.event("ingest", "allow");

@@ -16,6 +16,8 @@ use tokio_rustls::TlsConnector;
 pub const TEST_CONFIG: &str = "
 header_read_timeout_secs = 2
 idle_timeout_secs = 30
+body_grace_secs = 2
+min_body_bytes_per_sec = 200
 handshake_timeout_secs = 3
 max_body_bytes = 4096
 [login]
@@ -200,6 +202,16 @@ pub fn totp(base32: &str, step_offset: i64) -> String {
     let t = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, seed).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     t.generate(((now + 30 * step_offset) as u64 / 30) * 30)
+}
+
+/// A file from pydicom's bundled test data (real DICOM). Fails naming what to install.
+pub fn pydicom_file(name: &str) -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!("from pydicom.data import get_testdata_file; print(get_testdata_file({name:?}))")])
+        .output()
+        .expect("python3 is needed: run .ci/run or install python3");
+    assert!(out.status.success(), "pydicom is needed for real DICOM samples: pip install pydicom (or run .ci/run)");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// A staff member or device with its own client certificate and a token.
