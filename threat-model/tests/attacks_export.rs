@@ -317,4 +317,25 @@ async fn research_export_resists_reidentification() {
     }
     assert!(uc.is_disjoint(&clinical_uids) && u2.is_disjoint(&clinical_uids));
     assert!(subject_of(&i1).is_disjoint(&subject_of(&i2)) && subject_of(&i1).is_disjoint(&subject_of(&ic)), "subject codes link two exports");
+
+    // The audit log: each release is an `export` entry naming the subjects by keyed
+    // reference only (an auditor finds the three releases of patient 1 by pseudonym), and
+    // nothing an attacker could use appears in the entries.
+    let auditor = person(&b, "auditor", broker::Role::Auditor).await;
+    let a = get(b.addr(), auditor.cfg.clone(), "/api/v1/audit/entries?operation=export&limit=1000", Some(&auditor.token)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let releases: Vec<usize> = a.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"]["result"] == "allowed")
+        .map(|e| e["resources"].as_array().unwrap().iter().filter(|r| r.as_str().unwrap().starts_with("patient:")).count())
+        .filter(|n| *n > 0)
+        .collect();
+    assert_eq!(releases, vec![1, 1, 4], "two study exports of one subject, one cohort of four");
+    let leaked = names(scan_bytes(a.body.as_bytes(), &vs));
+    assert!(leaked.is_empty(), "the audit entries carry {leaked:?}");
+    let p1 = get(b.addr(), auditor.cfg.clone(), &format!("/api/v1/audit/entries?patient={}&operation=export", pseudonyms[0]), Some(&auditor.token)).await;
+    let found = p1.json()["entries"].as_array().unwrap().iter().filter(|e| e["outcome"]["result"] == "allowed").count();
+    assert!(found >= 3, "the auditor finds patient 1's releases by pseudonym: {}", p1.body);
 }
