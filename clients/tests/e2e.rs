@@ -587,6 +587,37 @@ fn a_researcher_exports_a_study_and_a_small_cohort_is_refused() {
     let mixed = w.cleave(&["--profile", "res1", "research", "export", "--study", &study, "--modality", "CT", "--out", out.to_str().unwrap()], &[]);
     assert_eq!(mixed.status.code(), Some(2), "clap refuses --study with a cohort filter");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "refused exports wrote nothing");
+
+    // An instance that cannot be read (its blob damaged on disk) breaks the stream off:
+    // the CLI fails and keeps nothing, and the broker audits the failed release.
+    for f in walk(&w.data.path().join("clinical")) {
+        if f.components().any(|c| c.as_os_str() == "blobs") && std::fs::metadata(&f).unwrap().len() > 4096 {
+            let mut bytes = std::fs::read(&f).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x55;
+            std::fs::write(&f, bytes).unwrap();
+        }
+    }
+    let broken = w.home.path().join("broken");
+    let (code, kind, msg) = w.fails(&["--profile", "res1", "research", "export", "--study", &study, "--out", broken.to_str().unwrap()], &[]);
+    assert_eq!((code, kind.as_str()), (1, "connect"), "{msg}");
+    assert_eq!(std::fs::read_dir(&broken).unwrap().count(), 0, "a broken export leaves no file and no staging directory");
+    w.staff("aud-r", "auditor");
+    let entries = w.ok_json(&["--profile", "aud-r", "audit", "filter", "--operation", "export", "--outcome", "error"], &[]);
+    assert_eq!(entries["entries"].as_array().map(Vec::len), Some(1), "{entries}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]
