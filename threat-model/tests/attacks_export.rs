@@ -333,6 +333,10 @@ async fn research_export_resists_reidentification() {
         .filter(|n| *n > 0)
         .collect();
     assert_eq!(releases, vec![1, 1, 4], "two study exports of one subject, one cohort of four");
+    let entries = a.json()["entries"].as_array().cloned().unwrap_or_default();
+    let refused: Vec<&Value> = entries.iter().filter(|e| e["outcome"]["kind"].as_str().is_some_and(|k| k.contains("cohort-below"))).collect();
+    assert_eq!(refused.len(), 1, "the refused narrow cohort is audited as a denial");
+    assert_eq!(refused[0]["resources"].as_array().map(Vec::len), Some(1), "with the one subject it would have singled out");
     let leaked = names(scan_bytes(a.body.as_bytes(), &vs));
     assert!(leaked.is_empty(), "the audit entries carry {leaked:?}");
     let p1 = get(b.addr(), auditor.cfg.clone(), &format!("/api/v1/audit/entries?patient={}&operation=export", pseudonyms[0]), Some(&auditor.token)).await;

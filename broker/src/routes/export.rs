@@ -37,7 +37,8 @@
 //! error entry is audited.
 //!
 //! **Audit.** Before the first byte, one `export` entry: the researcher, and keyed
-//! references of every subject released (and of the study, for a study export). The
+//! references of every subject released (and of the study, for a study export). A cohort
+//! refused by the threshold is an `export` denial with the subjects it would have named. The
 //! `cleave-audit` entry format has no count field, so the subject count is the number of
 //! patient references; instance and withheld counts go to the broker's log (`cleave::export`).
 use std::collections::BTreeSet;
@@ -218,6 +219,15 @@ pub async fn research_export(
     }
     let min = s.config.research_min_subjects;
     if study.is_none() && plan.subjects.len() < min {
+        // A refusal is a decision too, and an attempt to single someone out is what an
+        // auditor wants to see: recorded with the (keyed) subjects it would have released.
+        let mut e = caller.event("export", "deny");
+        e.op = Some("export");
+        e.store = Some("clinical");
+        e.route = Some(ROUTE.into());
+        e.reason = Some("cohort below research_min_subjects".into());
+        e.patients = plan.subjects.iter().cloned().collect();
+        s.audit.record(&e)?;
         return Err(Error::forbidden(format!(
             "the cohort has fewer than {min} subjects, so it could single out a patient; widen the filters"
         )));
