@@ -56,6 +56,11 @@ pub struct Config {
     /// Seconds an opened store (identity vault, clinical store) stays open after its last
     /// use; 0 closes it after every request.
     pub store_idle_secs: u64,
+    /// The smallest cohort a research export by filter (`modality`, `from`, `to`,
+    /// `body_part`) may release: fewer distinct subjects than this and the export is
+    /// refused, since a narrow filter can single out one patient. 1 turns the check off.
+    /// An export of one named study is one subject by definition and is not held to it.
+    pub research_min_subjects: usize,
     /// The hospital's own PKI, used instead of the local CA when set.
     pub pki: PkiConfig,
 }
@@ -106,6 +111,7 @@ impl Default for Config {
             login: LoginLimits::default(),
             audit_checkpoint_secs: 10,
             store_idle_secs: 30,
+            research_min_subjects: 5,
             pki: PkiConfig::default(),
         }
     }
@@ -151,6 +157,9 @@ impl Config {
             if v == 0 {
                 return Err(Error::Config(format!("{name} must be greater than zero")));
             }
+        }
+        if self.research_min_subjects == 0 {
+            return Err(Error::Config("research_min_subjects must be at least 1 (1 turns the cohort-size check off)".into()));
         }
         if self.max_connections == 0 || self.max_body_bytes == 0 {
             return Err(Error::Config("max_connections and max_body_bytes must be greater than zero".into()));

@@ -70,6 +70,9 @@ pub enum Command {
     Admin(AdminCmd),
     /// Download a study as DICOM files (WADO-RS).
     Retrieve(RetrieveArgs),
+    /// De-identified research extracts (researchers).
+    #[command(subcommand)]
+    Research(ResearchCmd),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -344,6 +347,37 @@ pub enum ReviewCmd {
 pub struct RetrieveArgs {
     pub study_uid: String,
     /// Directory to write the instances into.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ResearchCmd {
+    /// Download a research-profile extract: one study, or a cohort by modality, date range
+    /// and body part (never by patient). Files are written only once the whole export has
+    /// arrived.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("selection").required(true).multiple(true).args(["study", "modality", "from", "to", "body_part"])))]
+pub struct ExportArgs {
+    /// One study (the clinical study UID a protocol names).
+    #[arg(long, conflicts_with_all = ["modality", "from", "to", "body_part"])]
+    pub study: Option<String>,
+    /// Cohort: series of this modality (CT, MR...).
+    #[arg(long)]
+    pub modality: Option<String>,
+    /// Cohort: studies on or after this date (YYYYMMDD).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Cohort: studies on or before this date (YYYYMMDD).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Cohort: body part examined (CHEST, HEAD...).
+    #[arg(long)]
+    pub body_part: Option<String>,
+    /// Directory to write the instances into (created 0700 if missing).
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -143,6 +143,11 @@ impl Client {
 
     /// One request; any answer (including error statuses) is returned as is.
     pub fn raw(&self, method: Method, path_and_query: &str, content_type: Option<&str>, body: Bytes, accept: Option<&str>) -> Result<Answer> {
+        let req = self.request(method, path_and_query, content_type, body, accept)?;
+        self.rt.block_on(self.exchange(req))
+    }
+
+    fn request(&self, method: Method, path_and_query: &str, content_type: Option<&str>, body: Bytes, accept: Option<&str>) -> Result<Request<Full<Bytes>>> {
         let mut req = Request::builder()
             .method(method)
             .uri(path_and_query)
@@ -161,10 +166,44 @@ impl Client {
             hv.set_sensitive(true);
             req.headers_mut().insert(AUTHORIZATION, hv);
         }
-        self.rt.block_on(self.exchange(req))
+        Ok(req)
     }
 
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Answer> {
+    /// GET whose 2xx body is handed to `on_data` piece by piece as it arrives, never held
+    /// whole (large downloads); `on_head` sees the headers first. An error status is
+    /// returned as the matching [`Error`]; a body that breaks off before its end is an
+    /// [`Error::Connect`], so a truncated download is never taken for a complete one.
+    pub fn get_streaming(
+        &self,
+        path_and_query: &str,
+        accept: Option<&str>,
+        on_head: &mut dyn FnMut(&hyper::HeaderMap) -> Result<()>,
+        on_data: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let req = self.request(Method::GET, path_and_query, None, Bytes::new(), accept)?;
+        self.rt.block_on(async {
+            let (resp, driver) = self.send(req).await?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let body = resp.into_body().collect().await.map_err(|e| Error::Connect(format!("reading the answer: {e}")))?.to_bytes();
+                driver.abort();
+                return Err(error_from(&Answer { status, content_type, body }));
+            }
+            on_head(resp.headers())?;
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Error::Connect(format!("the answer broke off before its end: {e}")))?;
+                if let Some(d) = frame.data_ref() {
+                    on_data(d)?;
+                }
+            }
+            driver.abort();
+            Ok(())
+        })
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<(hyper::Response<hyper::body::Incoming>, tokio::task::JoinHandle<()>)> {
         let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| Error::Connect(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(self.server_name.clone(), tcp)
@@ -177,6 +216,11 @@ impl Client {
             let _ = conn.await;
         });
         let resp = sender.send_request(req).await.map_err(|e| Error::Connect(e.to_string()))?;
+        Ok((resp, driver))
+    }
+
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Answer> {
+        let (resp, driver) = self.send(req).await?;
         let status = resp.status().as_u16();
         let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = resp.into_body().collect().await.map_err(|e| Error::Connect(format!("reading the answer: {e}")))?.to_bytes();

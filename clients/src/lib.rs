@@ -20,6 +20,7 @@ mod error;
 mod http;
 mod profile;
 mod push;
+mod research;
 mod share;
 
 pub use api::{IdentityQuery, ShareInfo};
@@ -28,5 +29,6 @@ pub use dicomweb::{multipart_body, multipart_parts, StowOutcome};
 pub use error::{Error, Result};
 pub use http::{encode, Answer, Client};
 pub use profile::{Profile, ProfileDir, Session};
+pub use research::{export as research_export, ExportReport, ExportSelection};
 pub use push::{collect_files, load_journal, push, FileReport, Journal, JournalEntry, PushOutcome};
 pub use share::{cert_sha256, make_share, parse_lifetime, qr_text, share_url, Share, ShareRequest, ShareTarget};

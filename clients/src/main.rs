@@ -186,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
             let (c, _) = connect(g)?;
             retrieve(g, &c, &a.study_uid, &a.out)?;
         }
+        Command::Research(ResearchCmd::Export(a)) => research_export_cmd(g, a)?,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "cleave", &mut std::io::stdout());
@@ -311,6 +312,30 @@ fn retrieve(g: &Global, c: &Client, study: &str, dir: &Path) -> Result<()> {
     }
     bar.finish_and_clear();
     out(g, &json!({"instances": parts.len(), "dir": dir}), || format!("{} instances written to {}", parts.len(), dir.display()));
+    Ok(())
+}
+
+fn research_export_cmd(g: &Global, a: ExportArgs) -> Result<()> {
+    let (c, _) = connect(g)?;
+    let sel = cleave_client::ExportSelection { study: a.study, modality: a.modality, from: a.from, to: a.to, body_part: a.body_part };
+    let bar = progress(g, 0);
+    let r = cleave_client::research_export(&c, &sel, &a.out, &mut |done, total| {
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    let v = json!({"instances": r.instances, "withheld": r.withheld, "bytes": r.bytes, "dir": a.out});
+    out(g, &v, || {
+        format!(
+            "{} instances ({} bytes) written to {}; {} withheld as not for research",
+            r.instances,
+            r.bytes,
+            a.out.display(),
+            r.withheld
+        )
+    });
     Ok(())
 }
 

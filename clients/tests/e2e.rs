@@ -520,3 +520,173 @@ fn a_doctor_writes_a_note_and_the_consultant_reads_it() {
     assert_eq!(outcome(&o), "ok", "{}", String::from_utf8_lossy(&o.stdout));
     assert!(String::from_utf8_lossy(&o.stdout).contains("stable, review in 2 weeks"));
 }
+
+/// Enroll a modality alongside the running broker and log it in as profile `profile`.
+fn device_profile(w: &World, label: &str, profile: &str) {
+    let opened = broker::open(w.data.path(), broker::MasterKeySource::KeyFile).unwrap();
+    let issued = broker::issue_client_cert(w.data.path(), label, 30).unwrap();
+    opened.accounts.add_device(issued.fingerprint.hex(), label, "CT1", "test").unwrap();
+    let (c, k) = broker::write_pair(&w.home.path().join("certs"), label, &issued).unwrap();
+    w.person_profile(profile, Some((&c, &k)));
+    w.ok(&["--profile", profile, "login", "--device"], &[]);
+}
+
+/// Run a Python snippet with pydicom (installed by .ci/run); its stdout.
+fn pydicom(code: &str) -> String {
+    let out = std::process::Command::new("python3").args(["-c", code]).output().expect("python3 is needed: run .ci/run");
+    assert!(out.status.success(), "pydicom is needed: pip install pydicom (or run .ci/run): {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_researcher_exports_a_study_and_a_small_cohort_is_refused() {
+    let w = World::start();
+    w.admin();
+    device_profile(&w, "ct-r1", "ct");
+    let dir = w.home.path().join("study");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(pydicom_file("CT_small.dcm"), dir.join("a.dcm")).unwrap();
+    std::fs::copy(pydicom_file("MR_small.dcm"), dir.join("b.dcm")).unwrap();
+    w.ok(&["--profile", "ct", "push", dir.to_str().unwrap(), "--json"], &[]);
+    w.staff("nurse-r", "nurse");
+    w.staff("res1", "researcher");
+    // The study UID a protocol would name (the clinical store's, looked up by a nurse).
+    let v = w.ok_json(&["--profile", "nurse-r", "lookup", "--patient-id", "1CT1"], &[]);
+    let study = v["patients"][0]["clinical"][0]["studies"][0]["study_uid"].as_str().unwrap_or_else(|| panic!("no study in {v}")).to_owned();
+
+    let out = w.home.path().join("export");
+    let r = w.ok_json(&["--profile", "res1", "research", "export", "--study", &study, "--out", out.to_str().unwrap()], &[]);
+    assert_eq!((r["instances"].as_u64(), r["withheld"].as_u64()), (Some(1), Some(0)), "{r}");
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["export-00001.dcm".to_owned()], "one file, named by position, no staging left");
+    let file = out.join("export-00001.dcm");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), r["bytes"].as_u64().unwrap());
+    let seen = pydicom(&format!(
+        "import pydicom; d = pydicom.dcmread({:?}); print(d.PatientID, '|', d.PatientName, '|', d.StudyInstanceUID, '|', d.get('StudyDate', ''), '|', d.get('PatientAge', ''))",
+        file.to_str().unwrap()
+    ));
+    let f: Vec<&str> = seen.split('|').map(str::trim).collect();
+    assert!(f[0].starts_with("RS-"), "Patient ID is the export's subject code: {seen}");
+    assert_eq!((f[1], f[3], f[4]), ("", "", ""), "no name, study date or age: {seen}");
+    assert!(f[2].starts_with("2.25.") && f[2] != study, "the study UID is re-keyed: {seen}");
+
+    // Human output, pinned (the byte count depends on the derived UIDs' lengths).
+    let again = w.home.path().join("export2");
+    let human = w.ok(&["--profile", "res1", "research", "export", "--study", &study, "--out", again.to_str().unwrap()], &[]);
+    let bytes = std::fs::metadata(again.join("export-00001.dcm")).unwrap().len().to_string();
+    insta::assert_snapshot!("research_export_human", redact(&human, &[(again.to_str().unwrap(), "[OUT]"), (&bytes, "[N]")]));
+
+    // One patient per modality here: a cohort is below the default threshold of 5.
+    let (code, kind, msg) = w.fails(&["--profile", "res1", "research", "export", "--modality", "CT", "--out", out.to_str().unwrap()], &[]);
+    assert_eq!((code, kind.as_str()), (3, "forbidden"), "{msg}");
+    assert!(msg.contains("fewer than 5 subjects"), "{msg}");
+    // Other roles cannot export; a study and a cohort filter do not mix.
+    assert_refused(&w.cleave(&["--profile", "nurse-r", "research", "export", "--study", &study, "--out", out.to_str().unwrap(), "--json"], &[]), "a nurse exports");
+    let mixed = w.cleave(&["--profile", "res1", "research", "export", "--study", &study, "--modality", "CT", "--out", out.to_str().unwrap()], &[]);
+    assert_eq!(mixed.status.code(), Some(2), "clap refuses --study with a cohort filter");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "refused exports wrote nothing");
+
+    // An instance that cannot be read (its blob damaged on disk) breaks the stream off:
+    // the CLI fails and keeps nothing, and the broker audits the failed release.
+    for f in walk(&w.data.path().join("clinical")) {
+        if f.components().any(|c| c.as_os_str() == "blobs") && std::fs::metadata(&f).unwrap().len() > 4096 {
+            let mut bytes = std::fs::read(&f).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x55;
+            std::fs::write(&f, bytes).unwrap();
+        }
+    }
+    let broken = w.home.path().join("broken");
+    let (code, kind, msg) = w.fails(&["--profile", "res1", "research", "export", "--study", &study, "--out", broken.to_str().unwrap()], &[]);
+    assert_eq!((code, kind.as_str()), (1, "connect"), "{msg}");
+    assert_eq!(std::fs::read_dir(&broken).unwrap().count(), 0, "a broken export leaves no file and no staging directory");
+    w.staff("aud-r", "auditor");
+    let entries = w.ok_json(&["--profile", "aud-r", "audit", "filter", "--operation", "export", "--outcome", "error"], &[]);
+    assert_eq!(entries["entries"].as_array().map(Vec::len), Some(1), "{entries}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_admin_resolves_the_review_queue_from_the_cli() {
+    let w = World::start();
+    w.admin();
+    device_profile(&w, "ct-q1", "ct");
+    // Three arrivals under one patient id: the first makes the identity; the second
+    // differs in birth date only (attached, flagged); the third in birth date and sex
+    // (an id collision: a new identity, flagged with the first).
+    let dir = w.home.path().join("arrivals");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = pydicom_file("CT_small.dcm");
+    for (i, (name, birth, sex)) in [("a", "19800101", "F"), ("b", "19800102", "F"), ("c", "19810505", "M")].iter().enumerate() {
+        pydicom(&format!(
+            "import pydicom; d = pydicom.dcmread({src:?}); d.PatientID = 'REV-1'; d.PatientName = 'Reviewtest^Ann'; \
+             d.PatientBirthDate = {birth:?}; d.PatientSex = {sex:?}; d.StudyInstanceUID = '1.2.826.0.1.3680043.10.543.88.{n}'; \
+             d.SeriesInstanceUID = d.StudyInstanceUID + '.1'; d.SOPInstanceUID = d.StudyInstanceUID + '.1.1'; \
+             d.file_meta.MediaStorageSOPInstanceUID = d.SOPInstanceUID; d.save_as({out:?})",
+            src = src.to_str().unwrap(),
+            n = i + 1,
+            out = dir.join(format!("{name}.dcm")).to_str().unwrap()
+        ));
+    }
+    let pushed = w.cleave(&["--profile", "ct", "push", dir.to_str().unwrap(), "--json"], &[]);
+    assert_eq!(push_outcomes(&pushed).iter().filter(|(_, k)| k == "stored").count(), 3, "{}", String::from_utf8_lossy(&pushed.stdout));
+
+    let list = w.ok_json(&["--profile", "admin", "admin", "review", "list"], &[]);
+    let mut items = list["items"].as_array().cloned().unwrap_or_default();
+    items.sort_by_key(|i| i["kind"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(items.len(), 2, "{list}");
+    let (mismatch, collision) = (&items[0], &items[1]);
+    let original = mismatch["identities"][0].as_str().unwrap().to_owned();
+    let newer = collision["identities"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_owned()).find(|i| *i != original).unwrap();
+    let mut replace = vec![(original.clone(), "[IDENTITY-1]".to_owned()), (newer.clone(), "[IDENTITY-2]".to_owned())];
+    for (n, it) in items.iter().enumerate() {
+        replace.push((it["item_id"].as_str().unwrap().to_owned(), format!("[ITEM-{}]", n + 1)));
+    }
+    let pinned = |s: String| replace.iter().fold(s, |acc, (from, to)| acc.replace(from, to));
+    insta::assert_snapshot!("admin_review_list", pinned(serde_json::to_string_pretty(&items).unwrap()));
+
+    // A field mismatch involves one identity: merge is refused with the reason; confirm it.
+    let item1 = mismatch["item_id"].as_str().unwrap();
+    let (_, _, msg) = w.fails(&["--profile", "admin", "admin", "review", "resolve", item1, "--action", "merge", "--keep", &original], &[]);
+    assert!(msg.contains("field mismatch involves one identity"), "{msg}");
+    let confirmed = w.ok_json(&["--profile", "admin", "admin", "review", "resolve", item1, "--action", "confirm"], &[]);
+    assert_eq!(confirmed["decision"], "confirmed", "{confirmed}");
+    // Before the merge the two are apart: the first identity has its own pseudonym only.
+    w.staff("nurse-q", "nurse");
+    let before = w.ok_json(&["--profile", "nurse-q", "lookup", "--patient-id", "REV-1"], &[]);
+    let first = before["patients"].as_array().unwrap().iter().find(|p| p["identity"]["identity_id"] == original.as_str()).cloned().unwrap();
+    assert_eq!(first["identity"]["pseudonyms"].as_array().map(Vec::len), Some(1), "{before}");
+    // The collision is the same person after all: merge into the first identity.
+    let item2 = collision["item_id"].as_str().unwrap();
+    let human = w.ok(&["--profile", "admin", "admin", "review", "resolve", item2, "--action", "merge", "--keep", &original], &[]);
+    insta::assert_snapshot!("admin_review_merge", pinned(human));
+    let after = w.ok_json(&["--profile", "admin", "admin", "review", "list"], &[]);
+    assert_eq!(after["items"].as_array().map(Vec::len), Some(0), "both items resolved: {after}");
+    // The outcome, seen from the ward: both records stay readable (the vault keeps what
+    // each arrival said), and both now carry both pseudonyms, so the kept identity's
+    // clinical side holds all three arrivals' studies.
+    let v = w.ok_json(&["--profile", "nurse-q", "lookup", "--patient-id", "REV-1"], &[]);
+    let patients = v["patients"].as_array().unwrap();
+    let kept = patients.iter().find(|p| p["identity"]["identity_id"] == original.as_str()).unwrap_or_else(|| panic!("the kept identity: {v}"));
+    let absorbed = patients.iter().find(|p| p["identity"]["identity_id"] == newer.as_str()).unwrap_or_else(|| panic!("the absorbed identity: {v}"));
+    assert_eq!(kept["identity"]["pseudonyms"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(kept["identity"]["pseudonyms"], absorbed["identity"]["pseudonyms"], "one person now: {v}");
+    let studies: usize = kept["clinical"].as_array().unwrap().iter().map(|c| c["studies"].as_array().map_or(0, Vec::len)).sum();
+    assert_eq!(studies, 3, "the three arrivals' studies are the kept identity's: {v}");
+    // The admin never sees identity or clinical data.
+    assert_refused(&w.cleave(&["--profile", "admin", "lookup", "--patient-id", "REV-1", "--json"], &[]), "the admin looks up a patient");
+}

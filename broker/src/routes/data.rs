@@ -1,4 +1,4 @@
-//! The data-path routes not connected yet: STOW-RS, WADO-RS and research export.
+//! The data-path routes not connected yet: WADO-RS.
 //!
 //! Authorization is complete here: each handler states its operation, store, patient and
 //! study and must obtain a [`Caller`] (carrying the token verifier's proof) first. The
@@ -17,14 +17,6 @@ use crate::Error;
 
 fn not_wired(_caller: Caller, what: &'static str) -> Error {
     Error::NotWired(what)
-}
-
-/// `GET /api/v1/research/export`: a de-identified extract.
-pub async fn research_export(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
-    match authorize(&s, &c, &h, Need::new(Op::Export, Store::Clinical, "/api/v1/research/export")) {
-        Ok(caller) => not_wired(caller, "research export"),
-        Err(e) => e,
-    }
 }
 
 /// `GET /dicomweb/studies/{study}`: WADO-RS retrieve of one study.

@@ -326,10 +326,12 @@ pub async fn review_resolve(
             ("merge", Some(keep)) => {
                 let open = v.review_queue()?;
                 let it = open.iter().find(|i| i.id == item).ok_or(identity_vault::Error::NoSuchReviewItem)?;
-                let absorb = it.identities.iter().find(|i| **i != keep).copied().ok_or(identity_vault::Error::BadResolution("keep must be one of the item's identities"))?;
                 if !it.identities.contains(&keep) {
                     return Err(identity_vault::Error::BadResolution("keep must be one of the item's identities"));
                 }
+                // A field mismatch has one identity and nothing to absorb: the vault
+                // refuses that merge with the reason (use confirm or keep-apart).
+                let absorb = it.identities.iter().find(|i| **i != keep).copied().unwrap_or(keep);
                 identity_vault::Resolution::Merge { keep, absorb }
             }
             _ => return Err(identity_vault::Error::BadResolution("action is confirm, merge (with keep) or keep-apart (without keep)")),

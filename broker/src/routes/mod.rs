@@ -14,6 +14,7 @@ mod admin;
 mod audit;
 mod clinical;
 mod data;
+mod export;
 mod identity;
 mod openapi;
 mod session;
@@ -66,7 +67,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/audit/public-key", get(audit::public_key))
         .route("/api/v1/audit/proofs/inclusion", get(audit::inclusion))
         .route("/api/v1/audit/proofs/consistency", get(audit::consistency))
-        .route("/api/v1/research/export", get(data::research_export))
+        .route("/api/v1/research/export", get(export::research_export))
         .route("/dicomweb/studies", get(clinical::qido_studies).post(stow::stow))
         .route("/dicomweb/studies/{study}", get(data::wado_study))
         .fallback(|| async { Error::not_found("route") })

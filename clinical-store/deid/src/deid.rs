@@ -49,6 +49,8 @@ fn one(mut e: Elem, ctx: &mut Ctx<'_>) -> Result<Option<Elem>, Error> {
     }
     let (action, row) = match table::row(e.tag) {
         Some(row) => (table::resolve(row, ctx.opts), Some(row)),
+        // Research releases: a date or time the table never judged is not kept on trust.
+        None if ctx.opts.remove_unlisted_temporal && matches!(e.vr, VR::DA | VR::DT | VR::TM) => return Ok(None),
         None if dictionary_vr(e.tag).is_some() => (Action::Keep, None),
         None => return Ok(None),
     };
@@ -136,4 +138,28 @@ fn dummy(vr: VR, original: &[u8], uids: &UidMapper) -> Vec<u8> {
         _ => return vec![0u8; original.len()],
     };
     padded(text.to_vec(), b' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cleave_keys::Key32;
+
+    fn run(opts: &Options, tag: u32, vr: VR, v: &[u8]) -> Option<Elem> {
+        let uids = UidMapper::new(Key32::from_bytes(&mut [9u8; 32]));
+        let mut ctx = Ctx { opts, uids: &uids, pseudonym: "S-1", cleaned_words: false };
+        one(Elem { tag, vr, value: Value::Bytes(v.to_vec()) }, &mut ctx).expect("a plain value")
+    }
+
+    /// Procedure Creation Date (0014,4076) is in the dictionary but not in Table E.1-1: the
+    /// table never judged it, so a research release must not keep it; care keeps it.
+    #[test]
+    fn research_removes_dates_the_table_does_not_list() {
+        assert!(crate::table::row(0x0014_4076).is_none(), "pick an attribute the table does not list");
+        assert!(run(&Options::research(), 0x0014_4076, VR::DA, b"20260102").is_none());
+        assert!(run(&Options::research(), 0x0008_041F, VR::DT, b"20260102101010").is_none(), "Study Update DateTime");
+        assert!(run(&Options::care(), 0x0014_4076, VR::DA, b"20260102").is_some());
+        // Not temporal, not listed: kept by both (the table's premise).
+        assert!(run(&Options::research(), 0x0028_0010, VR::US, &[0, 2]).is_some(), "Rows");
+    }
 }

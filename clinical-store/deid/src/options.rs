@@ -30,6 +30,11 @@ pub struct Options {
     /// Clean Structured Content (113104): content sequences are kept and de-identified
     /// item by item instead of emptied.
     pub clean_structured_content: bool,
+    /// Not a column of the table: also remove every date, time and date-time attribute
+    /// (VR DA, DT, TM) the table has no row for. The table only judges the attributes it
+    /// lists, and a public attribute it does not list is otherwise kept; for a research
+    /// release "no dates" must not depend on the table being as new as the data.
+    pub remove_unlisted_temporal: bool,
 }
 
 impl Options {
@@ -46,6 +51,7 @@ impl Options {
             retain_safe_private: false,
             clean_graphics: false,
             clean_structured_content: false,
+            remove_unlisted_temporal: false,
         }
     }
 
@@ -62,9 +68,15 @@ impl Options {
     }
 
     /// For research: the Basic Profile with Clean Descriptors and Clean Structured Content,
-    /// so the data keep their meaning without dates, characteristics or identifiers.
+    /// so the data keep their meaning without dates, characteristics or identifiers; dates
+    /// and times the table does not list are removed too (`remove_unlisted_temporal`).
     pub const fn research() -> Options {
-        Options { clean_descriptors: true, clean_structured_content: true, ..Options::basic() }
+        Options {
+            clean_descriptors: true,
+            clean_structured_content: true,
+            remove_unlisted_temporal: true,
+            ..Options::basic()
+        }
     }
 
     /// The options in the order of the table's option columns.
