@@ -1,11 +1,12 @@
-//! The data-path routes not connected yet: STOW-RS, WADO-RS and research export.
+//! The data-path routes not connected yet: research export (STOW-RS is in `stow.rs`,
+//! WADO-RS in `wado.rs`).
 //!
 //! Authorization is complete here: each handler states its operation, store, patient and
 //! study and must obtain a [`Caller`] (carrying the token verifier's proof) first. The
 //! stores are connected in a later step; until then an authorized request is answered
 //! 501 `not_wired`, and an unauthorized one 401/403, so the role table is enforced and
 //! testable today. Bodies are not read before authorization passes.
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Extension;
 
@@ -23,23 +24,6 @@ fn not_wired(_caller: Caller, what: &'static str) -> Error {
 pub async fn research_export(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, h: HeaderMap) -> Error {
     match authorize(&s, &c, &h, Need::new(Op::Export, Store::Clinical, "/api/v1/research/export")) {
         Ok(caller) => not_wired(caller, "research export"),
-        Err(e) => e,
-    }
-}
-
-/// `GET /dicomweb/studies/{study}`: WADO-RS retrieve of one study.
-pub async fn wado_study(
-    State(s): State<AppState>,
-    Extension(c): Extension<ConnInfo>,
-    Path(study): Path<String>,
-    h: HeaderMap,
-) -> Error {
-    let need = match Need::new(Op::Read, Store::Clinical, "/dicomweb/studies/{study}").study(&study) {
-        Ok(n) => n,
-        Err(e) => return e,
-    };
-    match authorize(&s, &c, &h, need) {
-        Ok(caller) => not_wired(caller, "WADO-RS"),
         Err(e) => e,
     }
 }
