@@ -335,3 +335,50 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn dicomweb_client_stores_searches_and_retrieves() {
+    let ok = std::process::Command::new("python3").args(["-c", "import dicomweb_client, pydicom, requests"]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "this test needs python3 with dicomweb-client and pydicom: pip install -r .ci/requirements.txt (or run .ci/run)");
+    let b = start(TEST_CONFIG, false).await;
+    let work = tempfile::tempdir().unwrap();
+    prepare_one(work.path());
+    let (_, dev) = device_login(&b, "mr-scanner").await;
+    let (_, nurse) = staff_login(&b, "nurse2", broker::Role::Nurse).await;
+    let certs = b.data().join("test-certs");
+    let pem = |n: &str, ext: &str| certs.join(format!("{n}.{ext}")).to_str().unwrap().to_owned();
+    let base = format!("https://localhost:{}", b.addr().port());
+    let file = work.path().join("dose.dcm");
+    let args = [
+        script("dicomweb_client_check.py").to_str().unwrap().to_owned(),
+        base,
+        b.ca_pem().to_str().unwrap().to_owned(),
+        pem("mr-scanner", "pem"),
+        pem("mr-scanner", "key"),
+        dev,
+        pem("nurse2", "pem"),
+        pem("nurse2", "key"),
+        nurse,
+        file.to_str().unwrap().to_owned(),
+    ];
+    // The broker runs on this test's runtime: the client must run beside it, not block it.
+    let report = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        python(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["study_patient_name"], "CANARY^CAROL", "{report}");
+    assert_eq!(report["instance_patient_id"], "CANARY-C-3");
+    assert_eq!(report["identity_removed"], "NO");
+    assert_eq!(report["pixels_identical"], true);
+    assert_eq!(report["frames_checked"], 2);
+    assert_eq!(report["metadata_name"], "CANARY^CAROL");
+    assert_eq!(report["rows"], 10);
+    assert_ne!(report["sop_uid"], report["original_sop_uid"], "the broker serves its derived UIDs");
+}
+
+fn prepare_one(dir: &Path) {
+    let spec = json!([{"src": "rtdose.dcm", "name": "dose", "attrs": {"PatientName": "CANARY^CAROL", "PatientID": "CANARY-C-3"}}]);
+    python(&[script("prepare.py").to_str().unwrap(), dir.to_str().unwrap(), &spec.to_string()]);
+}

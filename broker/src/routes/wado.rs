@@ -22,6 +22,9 @@
 //! aborts the response (the chunked body never ends cleanly) rather than send a short
 //! object that looks whole.
 //!
+//! A retrieve answers `Cleave-Identity-Restored: true|false` so a client can tell whether
+//! what it saves is identifiable.
+//!
 //! Representations: instances as `multipart/related; type="application/dicom"` in their
 //! stored transfer syntax (no transcoding: an Accept naming another syntax gets 406);
 //! metadata as `application/dicom+json` with the pixel data omitted (fetch frames);
@@ -415,8 +418,9 @@ async fn retrieve(s: AppState, c: ConnInfo, h: HeaderMap, route: &'static str, t
     let reader = ClinicalReader::new(&s, &a.caller);
     let limits: Limits = s.pipeline.limits.clone();
     let restore = a.restore.clone();
+    let restored = HeaderValue::from_static(if restore.is_some() { "true" } else { "false" });
     let instances = a.resolved.instances;
-    stream_multipart("application/dicom", move |w, boundary| {
+    let mut resp = stream_multipart("application/dicom", move |w, boundary| {
         for inst in &instances {
             write!(w, "--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={}\r\n\r\n", inst.transfer_syntax)
                 .map_err(|e| format!("writing the response: {e}"))?;
@@ -428,7 +432,10 @@ async fn retrieve(s: AppState, c: ConnInfo, h: HeaderMap, route: &'static str, t
             w.write_all(b"\r\n").map_err(|e| format!("writing the response: {e}"))?;
         }
         Ok(())
-    })
+    })?;
+    // Tells a client whether what it saves is identifiable (no PHI: a yes or a no).
+    resp.headers_mut().insert("cleave-identity-restored", restored);
+    Ok(resp)
 }
 
 /// `GET /dicomweb/studies/{study}`: every instance of a study.
