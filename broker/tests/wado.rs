@@ -310,6 +310,16 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("revoked"), "{}", r.body);
 
+    // The audit log says who had identity restored, and a clinical-only share never did.
+    let r = get(a, aud_cfg.clone(), &format!("/api/v1/audit/entries?operation=identity-read&patient={pseudonym_a}"), Some(&auditor)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let entries = r.json()["entries"].as_array().cloned().unwrap();
+    assert!(!entries.is_empty() && r.body.contains("nurse1"), "the nurse's restore is audited: {}", r.body);
+    assert!(!r.body.contains(&study_share_id), "a clinical-only share restored identity: {}", r.body);
+    assert!(!CANARIES.iter().any(|x| r.body.contains(x)), "no PHI in the audit log");
+    let r = get(a, aud_cfg.clone(), &format!("/api/v1/audit/entries?operation=clinical-read&patient={pseudonym_a}"), Some(&auditor)).await;
+    assert!(r.body.contains(&study_share_id), "the share's retrieve is audited: {}", r.body);
+
     // Nothing re-identified was ever written into the broker's data directory.
     for f in files_under(b.data()) {
         let name = f.to_string_lossy();
