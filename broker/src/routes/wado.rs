@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -588,6 +589,11 @@ fn base_url(h: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// The query string as keys and values; a malformed one is 400 in the one error format.
+fn query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<HashMap<String, String>, Error> {
+    q.map(|Query(q)| q).map_err(|_| Error::bad_request("the query string is malformed; see PS3.18 for QIDO-RS query keys"))
+}
+
 fn limit_offset(q: &HashMap<String, String>) -> Result<(usize, usize), Error> {
     let num = |k: &str| -> Result<Option<usize>, Error> {
         q.get(k).map(|v| v.parse::<usize>().map_err(|_| Error::bad_request(format!("{k} must be a non-negative integer")))).transpose()
@@ -609,10 +615,11 @@ pub async fn qido_series(
     State(s): State<AppState>,
     Extension(c): Extension<ConnInfo>,
     Path(study): Path<String>,
-    q: Query<HashMap<String, String>>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
     h: HeaderMap,
 ) -> Result<Response, Error> {
     let t = Target::new(study, None, None, false)?;
+    let q = query(q)?;
     let (limit, offset) = limit_offset(&q)?;
     let series_uid = query_uid(&q, "SeriesInstanceUID")?;
     let number = q.get("SeriesNumber").map(|n| n.parse::<i64>().map_err(|_| Error::bad_request("SeriesNumber must be an integer"))).transpose()?;
@@ -654,10 +661,11 @@ pub async fn qido_instances(
     State(s): State<AppState>,
     Extension(c): Extension<ConnInfo>,
     Path((study, series)): Path<(String, String)>,
-    q: Query<HashMap<String, String>>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
     h: HeaderMap,
 ) -> Result<Response, Error> {
     let t = Target::new(study, Some(series), None, true)?;
+    let q = query(q)?;
     let (limit, offset) = limit_offset(&q)?;
     let sop = query_uid(&q, "SOPInstanceUID")?;
     let class = query_uid(&q, "SOPClassUID")?;

@@ -308,7 +308,7 @@ fn scalar_values(e: &Elem, b: &[u8], enc: Enc, charset: &SpecificCharacterSet) -
             .map(|s| match s {
                 None => Json::Null,
                 Some(s) if e.vr == IS => s.parse::<i64>().map(|n| json!(n)).unwrap_or(Json::Null),
-                Some(s) => s.parse::<f64>().ok().and_then(|f| serde_json::Number::from_f64(f)).map(Json::Number).unwrap_or(Json::Null),
+                Some(s) => s.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Json::Number).unwrap_or(Json::Null),
             })
             .collect(),
         PN => decode(b, charset, e.tag)
