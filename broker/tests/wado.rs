@@ -392,3 +392,30 @@ fn prepare_one(dir: &Path) {
     let spec = json!([{"src": "rtdose.dcm", "name": "dose", "attrs": {"PatientName": "CANARY^CAROL", "PatientID": "CANARY-C-3"}}]);
     python(&[script("prepare.py").to_str().unwrap(), dir.to_str().unwrap(), &spec.to_string()]);
 }
+
+/// A blob that fails authentication midway must not reach the client as a short object
+/// that looks whole: the response is aborted (the chunked body never ends).
+#[tokio::test]
+async fn a_tampered_blob_aborts_the_response_instead_of_sending_a_short_object() {
+    let b = start(TEST_CONFIG, false).await;
+    let (dev_cfg, dev) = device_login(&b, "ct-scanner").await;
+    let ct = std::fs::read(pydicom_file("CT_small.dcm")).unwrap();
+    let stored = stow(&b, dev_cfg, &dev, &[ct]).await;
+    let (study, _) = stored[0].clone();
+    // The only blob: flip one byte in its last chunk (the first chunks still verify).
+    let blobs: Vec<PathBuf> = files_under(&b.data().join("clinical"))
+        .into_iter()
+        .filter(|p| p.parent().and_then(|d| d.file_name()).is_some_and(|d| d.len() == 2))
+        .collect();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let mut bytes = std::fs::read(&blobs[0]).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&blobs[0], &bytes).unwrap();
+
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
+    let r = get_raw(b.addr(), nurse_cfg, &format!("/dicomweb/studies/{study}"), &nurse, None).await;
+    assert_eq!(r.status, 200, "the answer began before the damage was reached");
+    assert!(!r.complete, "a damaged instance was sent as if whole ({} bytes)", r.body.len());
+    assert!(r.body.len() < 39_000, "the damaged chunk's plaintext was not sent");
+}
