@@ -124,6 +124,24 @@ pub(crate) fn authorize(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, 
     result
 }
 
+/// Whether the caller's token would also pass `need`, checked the way [`authorize`] checks
+/// but without an audit entry: for a route that widens its answer when the token allows
+/// more (WADO-RS restoring identity when the token may also read the identity vault), a
+/// "no" is not a refused request and must not be logged as a denial. What the route then
+/// does with a "yes" is recorded by the route itself.
+pub(crate) fn also_allows(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, need: Need) -> bool {
+    let mut scratch = AuditEvent::new("access", "deny");
+    check(state, conn, headers, need, &mut scratch).is_ok()
+}
+
+/// Whether the request's bearer token names a live grant (no signature or caveat check):
+/// a cheap gate before work that only a real token holder should be able to cause.
+pub(crate) fn names_live_grant(state: &AppState, headers: &HeaderMap) -> bool {
+    let Ok(p) = presented(headers) else { return false };
+    let Ok(grant_id) = tokens_adapter::grant_id(&p.token) else { return false };
+    matches!(state.accounts.live_grant(&grant_id), Ok(Some(_)))
+}
+
 fn check(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, need: Need, event: &mut AuditEvent) -> Result<Caller, Error> {
     let p = presented(headers)?;
     let grant_id = tokens_adapter::grant_id(&p.token)?;

@@ -50,6 +50,10 @@ pub enum Error {
     /// The body is of a media type this route does not take.
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
+    /// The `Accept` header asks for a representation this route cannot produce; the
+    /// message names what it can.
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
     /// The body exceeds the configured limit.
     #[error("the request body is larger than this server accepts; send less data per request")]
     PayloadTooLarge,
@@ -127,6 +131,7 @@ impl Error {
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Error::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
             Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Error::NotWired(_) => (StatusCode::NOT_IMPLEMENTED, "not_wired"),

@@ -91,3 +91,44 @@ pub(crate) async fn with_clinical<R: Send + 'static>(
         .map_err(clinical_error)?
         .map_err(clinical_error)
 }
+
+/// The clinical store for an authorized caller, to open instance blobs from a blocking
+/// task that streams a response (one file handle at a time, however many instances).
+#[derive(Clone)]
+pub(crate) struct ClinicalReader {
+    store: Arc<OnDemand<ClinicalStore, clinical_store::Error>>,
+}
+
+impl ClinicalReader {
+    pub(crate) fn new(state: &AppState, _caller: &Caller) -> Self {
+        ClinicalReader { store: state.stores.clinical.clone() }
+    }
+
+    /// Open one instance's decrypting reader. Blocking.
+    pub(crate) fn open_instance(&self, sop_instance_uid: &str) -> Result<clinical_store::BlobReader, Error> {
+        let uid = sop_instance_uid.to_owned();
+        self.store.with(move |st| st.open_instance(&uid)).map_err(clinical_error)?.map_err(clinical_error)
+    }
+}
+
+/// The pseudonym a study is filed under, looked up *before* authorization, for one purpose
+/// only: a token limited to one patient is checked with the patient a study URL implies
+/// (`routes::wado`). The answer never leaves the broker: it becomes a fact the token is
+/// checked against, and a token for another patient is refused exactly as for a study that
+/// does not exist, so the lookup is no oracle. Callers make sure the request names a live
+/// grant first ([`crate::authz::names_live_grant`]), so an anonymous request cannot make
+/// the store open.
+pub(crate) async fn study_owner_before_authorization(state: &AppState, study_uid: &str) -> Result<Option<String>, Error> {
+    let store = state.stores.clinical.clone();
+    let uid = study_uid.to_owned();
+    tokio::task::spawn_blocking(move || {
+        store.with(move |st| {
+            let q = clinical_store::StudyQuery { study_uid: Some(uid), ..Default::default() };
+            Ok(st.find_studies(&q)?.into_iter().next().map(|s| s.pseudonym))
+        })
+    })
+    .await
+    .map_err(|_| Error::Store("a clinical store call was interrupted".into()))?
+    .map_err(clinical_error)?
+    .map_err(clinical_error)
+}

@@ -1,6 +1,7 @@
 //! DICOMweb (PS3.18) from the client side: STOW-RS of one instance per request, so every
 //! file gets its own outcome and a push can resume file by file; WADO-RS retrieval of a
-//! study as `multipart/related; type="application/dicom"`; the multipart framing both use.
+//! study as `multipart/related; type="application/dicom"`, split into parts as it streams
+//! in ([`MultipartSplitter`]); the multipart framing both use.
 use bytes::Bytes;
 use hyper::Method;
 use serde_json::Value;
@@ -32,6 +33,150 @@ pub fn multipart_body(parts: &[&[u8]]) -> Vec<u8> {
     }
     out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
     out
+}
+
+/// Receives the parts of a multipart answer as they stream in.
+pub trait PartSink {
+    /// A part begins; `headers` are its header lines.
+    fn start(&mut self, headers: &str) -> Result<()>;
+    /// The next bytes of the current part.
+    fn data(&mut self, bytes: &[u8]) -> Result<()>;
+    /// The current part is complete.
+    fn end(&mut self) -> Result<()>;
+}
+
+/// A streaming multipart/related parser (RFC 2046): bytes in, part events out, holding at
+/// most one chunk plus a delimiter's length, whatever the size of a part.
+pub struct MultipartSplitter {
+    /// `CRLF--boundary`; the body is read as if preceded by a CRLF so the first delimiter
+    /// looks like the others.
+    delim: Vec<u8>,
+    buf: Vec<u8>,
+    state: SplitState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SplitState {
+    Preamble,
+    AfterDelimiter,
+    Headers,
+    Body,
+    Done,
+}
+
+impl MultipartSplitter {
+    /// A splitter for the boundary in a `multipart/related` Content-Type value.
+    pub fn new(content_type: &str) -> Result<Self> {
+        let boundary = content_type
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("boundary="))
+            .next()
+            .map(|b| b.trim_matches('"').to_owned())
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| Error::Protocol("a multipart answer without a boundary".into()))?;
+        Ok(MultipartSplitter { delim: format!("\r\n--{boundary}").into_bytes(), buf: b"\r\n".to_vec(), state: SplitState::Preamble })
+    }
+
+    /// Whether the closing delimiter has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == SplitState::Done
+    }
+
+    /// Feed the next bytes of the body.
+    pub fn feed(&mut self, bytes: &[u8], sink: &mut dyn PartSink) -> Result<()> {
+        if self.state == SplitState::Done {
+            return Ok(()); // the epilogue is ignored
+        }
+        self.buf.extend_from_slice(bytes);
+        loop {
+            match self.state {
+                SplitState::Preamble | SplitState::Body => match find(&self.buf, &self.delim, 0) {
+                    Some(at) => {
+                        if self.state == SplitState::Body {
+                            sink.data(&self.buf[..at])?;
+                            sink.end()?;
+                        }
+                        self.buf.drain(..at + self.delim.len());
+                        self.state = SplitState::AfterDelimiter;
+                    }
+                    None => {
+                        // Everything but a possible delimiter prefix at the end is payload.
+                        let keep = self.delim.len().saturating_sub(1).min(self.buf.len());
+                        let emit = self.buf.len() - keep;
+                        if self.state == SplitState::Body && emit > 0 {
+                            sink.data(&self.buf[..emit])?;
+                        }
+                        self.buf.drain(..emit);
+                        return Ok(());
+                    }
+                },
+                SplitState::AfterDelimiter => {
+                    if self.buf.len() < 2 {
+                        return Ok(());
+                    }
+                    if self.buf.starts_with(b"--") {
+                        self.state = SplitState::Done;
+                        self.buf.clear();
+                        return Ok(());
+                    }
+                    // Transport padding (spaces, tabs) may follow a delimiter, then CRLF.
+                    match find(&self.buf, b"\r\n", 0) {
+                        Some(at) if self.buf[..at].iter().all(|b| *b == b' ' || *b == b'\t') => {
+                            self.buf.drain(..at + 2);
+                            self.state = SplitState::Headers;
+                        }
+                        Some(_) => return Err(Error::Protocol("garbage after a multipart boundary".into())),
+                        None if self.buf.len() > 1024 => return Err(Error::Protocol("garbage after a multipart boundary".into())),
+                        None => return Ok(()),
+                    }
+                }
+                SplitState::Headers => {
+                    // A part without headers starts its body right away.
+                    if self.buf.starts_with(b"\r\n") {
+                        self.buf.drain(..2);
+                        sink.start("")?;
+                        self.state = SplitState::Body;
+                        continue;
+                    }
+                    match find(&self.buf, b"\r\n\r\n", 0) {
+                        Some(at) => {
+                            let headers = String::from_utf8_lossy(&self.buf[..at]).into_owned();
+                            self.buf.drain(..at + 4);
+                            sink.start(&headers)?;
+                            self.state = SplitState::Body;
+                        }
+                        None if self.buf.len() > 16 * 1024 => return Err(Error::Protocol("a multipart part's headers are too long".into())),
+                        None => return Ok(()),
+                    }
+                }
+                SplitState::Done => return Ok(()),
+            }
+        }
+    }
+}
+
+struct Retrieval<'a> {
+    splitter: Option<MultipartSplitter>,
+    sink: &'a mut dyn PartSink,
+    identity_restored: bool,
+}
+
+impl crate::http::StreamSink for Retrieval<'_> {
+    fn head(&mut self, head: &hyper::http::response::Parts) -> Result<()> {
+        let ct = head.headers.get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !ct.to_ascii_lowercase().starts_with("multipart/related") {
+            return Err(Error::Protocol("the retrieve answer is not multipart/related".into()));
+        }
+        self.identity_restored = head.headers.get("cleave-identity-restored").and_then(|v| v.to_str().ok()) == Some("true");
+        self.splitter = Some(MultipartSplitter::new(ct)?);
+        Ok(())
+    }
+    fn chunk(&mut self, data: &[u8]) -> Result<()> {
+        match self.splitter.as_mut() {
+            Some(s) => s.feed(data, self.sink),
+            None => Err(Error::Protocol("a body before its headers".into())),
+        }
+    }
 }
 
 /// Split a multipart body into its parts' payloads, given the Content-Type header value.
@@ -78,17 +223,29 @@ impl Client {
         }
     }
 
-    /// WADO-RS: every instance of a study, as DICOM PS3.10 bytes.
-    pub fn retrieve_study(&self, study: &str) -> Result<Vec<Bytes>> {
+    /// WADO-RS: stream every instance of a study into `sink`, part by part, as it arrives.
+    /// Returns whether the broker restored the patient's identity into the instances
+    /// (it does when the token allows identity as well as clinical reading).
+    pub fn retrieve_study_into(&self, study: &str, sink: &mut dyn PartSink) -> Result<bool> {
+        let mut s = Retrieval { splitter: None, sink, identity_restored: false };
+        self.stream_get(&format!("/dicomweb/studies/{}", encode(study)), "multipart/related; type=\"application/dicom\"", &mut s)?;
+        match s.splitter {
+            Some(sp) if sp.is_done() => Ok(s.identity_restored),
+            _ => Err(Error::Protocol("the multipart answer ended before its closing boundary".into())),
+        }
+    }
+
+    /// QIDO-RS: the number of instances the server holds for a study, if it says.
+    pub fn study_instance_count(&self, study: &str) -> Result<Option<u64>> {
         let a = self.call(
             Method::GET,
-            &format!("/dicomweb/studies/{}", encode(study)),
+            &format!("/dicomweb/studies?StudyInstanceUID={}", encode(study)),
             None,
             Bytes::new(),
-            Some("multipart/related; type=\"application/dicom\""),
+            Some("application/dicom+json"),
         )?;
-        let ct = a.content_type.clone().unwrap_or_default();
-        multipart_parts(&ct, &a.body)
+        let v: Value = a.json()?;
+        Ok(v.get(0).and_then(|s| s.get("00201208")).and_then(|n| n.get("Value")).and_then(|n| n.get(0)).and_then(Value::as_u64))
     }
 
     /// QIDO-RS study search by pseudonym.
@@ -144,6 +301,53 @@ mod tests {
         let ct = format!("multipart/related; type=\"application/dicom\"; boundary=\"{BOUNDARY}\"");
         let parts = multipart_parts(&ct, &body).unwrap();
         assert_eq!(parts, vec![Bytes::from_static(a), Bytes::from_static(b)]);
+    }
+
+    /// Collects parts, to check the streaming splitter against the whole-body one.
+    #[derive(Default)]
+    struct Collect {
+        parts: Vec<(String, Vec<u8>)>,
+        open: bool,
+    }
+    impl PartSink for Collect {
+        fn start(&mut self, headers: &str) -> Result<()> {
+            assert!(!self.open);
+            self.open = true;
+            self.parts.push((headers.to_owned(), Vec::new()));
+            Ok(())
+        }
+        fn data(&mut self, bytes: &[u8]) -> Result<()> {
+            assert!(self.open);
+            self.parts.last_mut().unwrap().1.extend_from_slice(bytes);
+            Ok(())
+        }
+        fn end(&mut self) -> Result<()> {
+            self.open = false;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_streaming_splitter_agrees_with_the_whole_body_parser_at_every_chunk_size() {
+        let a: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let tricky: &[u8] = b"\r\n--cleave-stow-5f1d3c7a9b2e4d6\r\n--cleave-stow";
+        let body = multipart_body(&[&a, b"", tricky]);
+        let ct = format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}");
+        for size in [1, 2, 3, 7, 64, 1000, body.len()] {
+            let mut sp = MultipartSplitter::new(&ct).unwrap();
+            let mut c = Collect::default();
+            for chunk in body.chunks(size) {
+                sp.feed(chunk, &mut c).unwrap();
+            }
+            assert!(sp.is_done(), "chunk size {size}");
+            let payloads: Vec<&[u8]> = c.parts.iter().map(|(_, p)| p.as_slice()).collect();
+            assert_eq!(payloads, vec![a.as_slice(), b"", tricky], "chunk size {size}");
+            assert!(c.parts.iter().all(|(h, _)| h == "Content-Type: application/dicom"));
+        }
+        // Cut short: never done.
+        let mut sp = MultipartSplitter::new(&ct).unwrap();
+        sp.feed(&body[..body.len() - 5], &mut Collect::default()).unwrap();
+        assert!(!sp.is_done());
     }
 
     #[test]

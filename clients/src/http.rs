@@ -45,6 +45,14 @@ impl Classify for serde_json::Error {
     }
 }
 
+/// Where [`Client::stream_get`] delivers a successful answer.
+pub trait StreamSink {
+    /// The status and headers, before any of the body.
+    fn head(&mut self, head: &hyper::http::response::Parts) -> Result<()>;
+    /// The next piece of the body.
+    fn chunk(&mut self, data: &[u8]) -> Result<()>;
+}
+
 /// A connection target: base URL, TLS configuration and (optionally) a bearer token.
 pub struct Client {
     base: String,
@@ -226,6 +234,58 @@ impl Client {
         let body = resp.into_body().collect().await.map_err(|e| Error::Connect(format!("reading the answer: {e}")))?.to_bytes();
         driver.abort();
         Ok(Answer { status, content_type, body })
+    }
+
+    /// GET `path` and hand the answer to `sink` as it arrives (head first, then the body
+    /// chunk by chunk), never holding the body whole. A non-2xx answer is read whole (it
+    /// is a small JSON error) and becomes the matching [`Error`].
+    pub fn stream_get(&self, path: &str, accept: &str, sink: &mut dyn StreamSink) -> Result<()> {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(HOST, &self.authority)
+            .header(hyper::header::ACCEPT, accept)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| Error::Usage("the request path is not valid; check the identifiers given".into()))?;
+        if let Some(t) = &self.token {
+            let v = Zeroizing::new(format!("Bearer {}", t.as_str()));
+            let mut hv = HeaderValue::from_str(&v).map_err(|_| Error::Token("the token has characters a header cannot carry; copy it again".into()))?;
+            hv.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, hv);
+        }
+        self.rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| Error::Connect(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| Error::Connect(format!("TLS handshake failed: {e}")))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| Error::Connect(e.to_string()))?;
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let resp = sender.send_request(req).await.map_err(|e| Error::Connect(e.to_string()))?;
+            let (parts, mut body) = resp.into_parts();
+            let status = parts.status.as_u16();
+            if !(200..300).contains(&status) {
+                let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let body = body.collect().await.map_err(|e| Error::Connect(format!("reading the answer: {e}")))?.to_bytes();
+                driver.abort();
+                return Err(error_from(&Answer { status, content_type, body }));
+            }
+            sink.head(&parts)?;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| {
+                    Error::Connect("the server aborted the answer midway (files completed so far are whole; run the command again)".into())
+                })?;
+                if let Some(data) = frame.data_ref() {
+                    sink.chunk(data)?;
+                }
+            }
+            driver.abort();
+            Ok(())
+        })
     }
 
     /// A request whose success is a 2xx; anything else becomes the matching [`Error`].

@@ -25,9 +25,9 @@ mod share;
 
 pub use api::{IdentityQuery, ShareInfo};
 pub use audit::{verify as verify_audit, AuditVerified};
-pub use dicomweb::{multipart_body, multipart_parts, StowOutcome};
+pub use dicomweb::{multipart_body, multipart_parts, MultipartSplitter, PartSink, StowOutcome};
 pub use error::{Error, Result};
-pub use http::{encode, Answer, Client};
+pub use http::{encode, Answer, Client, StreamSink};
 pub use profile::{Profile, ProfileDir, Session};
 pub use research::{export as research_export, ExportReport, ExportSelection};
 pub use push::{collect_files, load_journal, push, FileReport, Journal, JournalEntry, PushOutcome};

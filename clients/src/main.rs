@@ -4,7 +4,7 @@
 mod cli;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
 use cleave_client::{
@@ -299,19 +299,79 @@ fn consult(g: &Global, a: ConsultArgs) -> Result<()> {
     Ok(())
 }
 
-fn retrieve(g: &Global, c: &Client, study: &str, dir: &Path) -> Result<()> {
-    let parts = c.retrieve_study(study)?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))?;
-    let bar = progress(g, parts.len() as u64);
-    for (i, p) in parts.iter().enumerate() {
-        // Files are named by position, not by UID: a UID in a file name would leak into
-        // directory listings and backups.
-        let path = dir.join(format!("instance-{:05}.dcm", i + 1));
-        cleave_keys::durable::write_atomic(&path, p, 0o600).map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
-        bar.inc(1);
+/// Writes each retrieved instance to `instance-NNNNN.dcm` in a directory as it streams
+/// in: into a temporary file, fsync'd and renamed when the part is complete, so a file with
+/// the final name is always a whole instance. Files are named by position, not by UID: a
+/// UID in a file name would leak into directory listings and backups.
+struct DirSink {
+    dir: PathBuf,
+    current: Option<(std::fs::File, PathBuf)>,
+    written: usize,
+    bytes: u64,
+    bar: indicatif::ProgressBar,
+}
+
+impl DirSink {
+    fn io(&self, action: &'static str, path: &Path, e: std::io::Error) -> Error {
+        Error::Io { action, path: path.to_owned(), source: e }
     }
-    bar.finish_and_clear();
-    out(g, &json!({"instances": parts.len(), "dir": dir}), || format!("{} instances written to {}", parts.len(), dir.display()));
+}
+
+impl cleave_client::PartSink for DirSink {
+    fn start(&mut self, _headers: &str) -> Result<()> {
+        let target = self.dir.join(format!("instance-{:05}.dcm", self.written + 1));
+        let tmp = cleave_keys::durable::temp_path_for(&target);
+        let f = cleave_keys::durable::create_new_with_mode(&tmp, 0o600).map_err(|e| self.io("creating", &tmp, e))?;
+        self.current = Some((f, tmp));
+        Ok(())
+    }
+    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let Some((f, tmp)) = self.current.as_mut() else { return Err(Error::Protocol("multipart data outside a part".into())) };
+        f.write_all(bytes).map_err(|e| Error::Io { action: "writing", path: tmp.clone(), source: e })?;
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+    fn end(&mut self) -> Result<()> {
+        let Some((f, tmp)) = self.current.take() else { return Err(Error::Protocol("multipart part ended twice".into())) };
+        f.sync_all().map_err(|e| self.io("syncing", &tmp, e))?;
+        drop(f);
+        self.written += 1;
+        let target = self.dir.join(format!("instance-{:05}.dcm", self.written));
+        std::fs::rename(&tmp, &target).map_err(|e| self.io("renaming", &target, e))?;
+        cleave_keys::durable::fsync_dir(&self.dir).map_err(|e| self.io("syncing", &self.dir, e))?;
+        self.bar.inc(1);
+        Ok(())
+    }
+}
+
+impl Drop for DirSink {
+    fn drop(&mut self) {
+        // An instance cut short is not left behind looking like data.
+        if let Some((f, tmp)) = self.current.take() {
+            drop(f);
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+fn retrieve(g: &Global, c: &Client, study: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    // The count is only for the progress bar: a token that may not search gets a spinner.
+    let count = c.study_instance_count(study).ok().flatten();
+    let bar = match count {
+        Some(n) => progress(g, n),
+        None if g.json => indicatif::ProgressBar::hidden(),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let mut sink = DirSink { dir: dir.to_owned(), current: None, written: 0, bytes: 0, bar };
+    let restored = c.retrieve_study_into(study, &mut sink)?;
+    sink.bar.finish_and_clear();
+    let (n, bytes) = (sink.written, sink.bytes);
+    out(g, &json!({"instances": n, "bytes": bytes, "dir": dir, "identity_restored": restored}), || {
+        let who = if restored { "with the patient's identity" } else { "de-identified" };
+        format!("{n} instances ({bytes} bytes, {who}) written to {}", dir.display())
+    });
     Ok(())
 }
 

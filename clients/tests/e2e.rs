@@ -21,7 +21,6 @@ window_secs = 900
 const PATIENT: &str = "P1-0123456789abcdef0123456789abcdef";
 const OTHER_PATIENT: &str = "P1-fedcba9876543210fedcba9876543210";
 const STUDY: &str = "1.2.826.0.1.3680043.8.498.1";
-const OTHER_STUDY: &str = "1.2.826.0.1.3680043.8.498.2";
 
 struct World {
     _rt: tokio::runtime::Runtime,
@@ -254,11 +253,28 @@ fn study_share_reads_only_that_study_and_dies_with_the_grant() {
     let w = World::start();
     w.admin();
     w.staff("drhouse", "doctor");
-    let share = w.ok_json(&["--profile", "drhouse", "share", "--study", STUDY], &[]);
+    // Two real studies, pushed by a modality; the doctor finds them through lookup.
+    let (study, other_study) = push_two_studies(&w);
+    let share = w.ok_json(&["--profile", "drhouse", "share", "--study", &study], &[]);
     let token = share["token"].as_str().unwrap().to_owned();
     assert_eq!(share["stores"], "clinical");
-    assert_authorized(&w.consult(&token, &["retrieve", STUDY, "--out", w.home.path().join("dl").to_str().unwrap()]), "the shared study");
-    assert_refused(&w.consult(&token, &["retrieve", OTHER_STUDY, "--out", w.home.path().join("dl2").to_str().unwrap()]), "another study");
+    // The consultant downloads real instances, de-identified: the share has no identity.
+    let dl = w.home.path().join("dl");
+    let o = w.consult(&token, &["retrieve", &study, "--out", dl.to_str().unwrap()]);
+    assert_authorized(&o, "the shared study");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["instances"].as_u64(), v["identity_restored"].as_bool()), (Some(1), Some(false)), "{v}");
+    let file = std::fs::read(dl.join("instance-00001.dcm")).unwrap();
+    assert_eq!(&file[128..132], b"DICM");
+    assert_eq!(v["bytes"].as_u64(), Some(file.len() as u64));
+    assert!(!contains(&file, b"CompressedSamples") && !contains(&file, b"1CT1"), "a clinical-only share downloaded identity");
+    assert_refused(&w.consult(&token, &["retrieve", &other_study, "--out", w.home.path().join("dl2").to_str().unwrap()]), "another study");
+    // The doctor's own retrieve carries the identity back from the vault.
+    let mine = w.home.path().join("mine");
+    let v = w.ok_json(&["--profile", "drhouse", "retrieve", &study, "--out", mine.to_str().unwrap()], &[]);
+    assert_eq!(v["identity_restored"], true, "{v}");
+    let file = std::fs::read(mine.join("instance-00001.dcm")).unwrap();
+    assert!(contains(&file, b"CompressedSamples^CT1") && contains(&file, b"1CT1"), "the doctor's copy is re-identified");
 
     // The human form: QR code, token, link and how to revoke.
     let human = w.ok(&["--profile", "drhouse", "share", "--study", STUDY, "--expires", "30m"], &[]);
@@ -269,9 +285,36 @@ fn study_share_reads_only_that_study_and_dies_with_the_grant() {
 
     // Logging out (revoking the grant) kills the doctor's token and every share of it.
     w.ok(&["--profile", "drhouse", "grant", "revoke"], &[]);
-    assert_refused(&w.consult(&token, &["retrieve", STUDY, "--out", w.home.path().join("dl3").to_str().unwrap()]), "share after grant revoke");
+    assert_refused(&w.consult(&token, &["retrieve", &study, "--out", w.home.path().join("dl3").to_str().unwrap()]), "share after grant revoke");
     let (code, kind, _) = w.fails(&["--profile", "drhouse", "shares", "list"], &[]);
     assert_eq!((code, kind.as_str()), (3, "unauthorized"));
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Enroll a modality, push pydicom's CT and MR samples, and return (CT study, MR study)
+/// as the clinical store files them, found by a doctor's lookup (profile `drhouse`).
+fn push_two_studies(w: &World) -> (String, String) {
+    let opened = broker::open(w.data.path(), broker::MasterKeySource::KeyFile).unwrap();
+    let issued = broker::issue_client_cert(w.data.path(), "ct-scanner-2", 30).unwrap();
+    opened.accounts.add_device(issued.fingerprint.hex(), "ct-scanner-2", "CT2", "test").unwrap();
+    let (c, k) = broker::write_pair(&w.home.path().join("certs"), "ct-scanner-2", &issued).unwrap();
+    w.person_profile("ct2", Some((&c, &k)));
+    w.ok_json(&["--profile", "ct2", "login", "--device"], &[]);
+    let dir = w.home.path().join("two");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(pydicom_file("CT_small.dcm"), dir.join("a.dcm")).unwrap();
+    std::fs::copy(pydicom_file("MR_small.dcm"), dir.join("b.dcm")).unwrap();
+    let o = w.cleave(&["--profile", "ct2", "push", dir.to_str().unwrap(), "--json"], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let v = w.ok_json(&["--profile", "drhouse", "lookup", "--family", "CompressedSamples"], &[]);
+    let study_of = |given: &str| {
+        let p = v["patients"].as_array().unwrap().iter().find(|p| p["identity"]["given_name"] == given).unwrap_or_else(|| panic!("{v}"));
+        p["clinical"][0]["studies"][0]["study_uid"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
+    };
+    (study_of("CT1"), study_of("MR1"))
 }
 
 #[test]

@@ -13,13 +13,13 @@ use crate::Error;
 mod admin;
 mod audit;
 mod clinical;
-mod data;
 mod export;
 mod identity;
 mod openapi;
 mod session;
 mod shares;
 mod stow;
+mod wado;
 
 /// The hand-maintained OpenAPI description, served at `/api/v1/openapi.json`; a test checks
 /// that every path in it is routed.
@@ -69,7 +69,17 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/audit/proofs/consistency", get(audit::consistency))
         .route("/api/v1/research/export", get(export::research_export))
         .route("/dicomweb/studies", get(clinical::qido_studies).post(stow::stow))
-        .route("/dicomweb/studies/{study}", get(data::wado_study))
+        .route("/dicomweb/studies/{study}", get(wado::retrieve_study))
+        // DICOMweb reads (QIDO-RS below a study, WADO-RS): clinical read, identity restored
+        // when the token may also read it; also served on the consultant listener.
+        .route("/dicomweb/studies/{study}/metadata", get(wado::study_metadata))
+        .route("/dicomweb/studies/{study}/series", get(wado::qido_series))
+        .route("/dicomweb/studies/{study}/series/{series}", get(wado::retrieve_series))
+        .route("/dicomweb/studies/{study}/series/{series}/metadata", get(wado::series_metadata))
+        .route("/dicomweb/studies/{study}/series/{series}/instances", get(wado::qido_instances))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}", get(wado::retrieve_instance))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata", get(wado::instance_metadata))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", get(wado::frames))
         .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))

@@ -181,15 +181,8 @@ pub fn totp(base32: &str, step_offset: i64) -> String {
 /// Create a staff account with `role` and a client certificate issued by the broker's CA,
 /// then log in over mutual TLS with password and TOTP. Returns (client config, token).
 pub async fn staff_login(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, String) {
-    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
-    let creds = opened.accounts.add_staff(username, role, "ward-7").unwrap();
-    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
-    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
-    let cfg = b.client(Some((&cert, &key)));
-    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
-    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (cfg, r.json()["token"].as_str().unwrap().to_owned())
+    let (cfg, j) = staff_login_json(b, username, role).await;
+    (cfg, j["token"].as_str().unwrap().to_owned())
 }
 
 /// Enroll a device (AE title `CT_2`) with a client certificate from the broker's CA, and
@@ -203,4 +196,126 @@ pub async fn device_login(b: &Broker, label: &str) -> (Arc<ClientConfig>, String
     let r = post_json(b.addr(), cfg.clone(), "/api/v1/device/token", None, &serde_json::json!({})).await;
     assert_eq!(r.status, 200, "{}", r.body);
     (cfg, r.json()["token"].as_str().unwrap().to_owned())
+}
+
+/// An HTTP answer with a binary body, the chunked transfer coding removed.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+    /// False when a chunked body ended without its last chunk (the server aborted it).
+    pub complete: bool,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> Option<String> {
+        Answer { status: self.status, head: self.head.clone(), body: String::new() }.header(name)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// As an [`Answer`] (for the JSON helpers).
+    pub fn answer(&self) -> Answer {
+        Answer { status: self.status, head: self.head.clone(), body: self.text() }
+    }
+    /// The parts of a multipart body: (part headers, payload).
+    pub fn parts(&self) -> Vec<(String, Vec<u8>)> {
+        let ct = self.header("content-type").expect("a multipart answer has a Content-Type");
+        let boundary = ct
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("boundary="))
+            .map(|b| b.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("no boundary in {ct}"));
+        let delim = format!("\r\n--{boundary}");
+        let mut body = b"\r\n".to_vec();
+        body.extend_from_slice(&self.body);
+        let find = |hay: &[u8], from: usize| hay[from..].windows(delim.len()).position(|w| w == delim.as_bytes()).map(|i| i + from);
+        let mut out = Vec::new();
+        let mut pos = find(&body, 0).expect("a first boundary");
+        loop {
+            let after = pos + delim.len();
+            if body[after..].starts_with(b"--") {
+                break;
+            }
+            let head_end = body[after..].windows(4).position(|w| w == b"\r\n\r\n").expect("part headers") + after;
+            let next = find(&body, head_end + 4).expect("the multipart body is truncated");
+            out.push((String::from_utf8_lossy(&body[after + 2..head_end]).into_owned(), body[head_end + 4..next].to_vec()));
+            pos = next;
+        }
+        out
+    }
+}
+
+/// One request over a fresh TLS connection, answered with a binary (maybe chunked) body.
+pub async fn request_raw(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<RawAnswer> {
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = TlsConnector::from(cfg).connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).await?;
+    tls.flush().await?;
+    let mut out = Vec::new();
+    // An aborted response ends the TLS stream without close_notify: keep what arrived.
+    let _ = tls.read_to_end(&mut out).await;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP answer"))?;
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let raw = &out[split + 4..];
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other("no status"))?;
+    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    if !chunked {
+        return Ok(RawAnswer { status, head, body: raw.to_vec(), complete: true });
+    }
+    let (mut body, mut i, mut complete) = (Vec::new(), 0usize, false);
+    while let Some(eol) = raw[i..].windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[i..i + eol]).split(';').next().unwrap_or("").trim(), 16);
+        let Ok(size) = size else { break };
+        i += eol + 2;
+        if size == 0 {
+            complete = true;
+            break;
+        }
+        if i + size > raw.len() {
+            break;
+        }
+        body.extend_from_slice(&raw[i..i + size]);
+        i += size + 2;
+    }
+    Ok(RawAnswer { status, head, body, complete })
+}
+
+/// Log in as staff and return the whole login answer (token, share base, expiry).
+pub async fn staff_login_json(b: &Broker, username: &str, role: broker::Role) -> (Arc<ClientConfig>, serde_json::Value) {
+    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
+    let creds = opened.accounts.add_staff(username, role, "ward-7").unwrap();
+    let issued = broker::issue_client_cert(b.data(), username, 30).unwrap();
+    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), username, &issued).unwrap();
+    let cfg = b.client(Some((&cert, &key)));
+    let body = serde_json::json!({"username": username, "password": creds.password.as_str(), "totp": totp(&creds.totp_base32, 0)});
+    let r = post_json(b.addr(), cfg.clone(), "/api/v1/login", None, &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (cfg, r.json())
+}
+
+/// The real DICOM file `name` from pydicom's test data; fails naming what to install.
+pub fn pydicom_file(name: &str) -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!("from pydicom.data import get_testdata_file; print(get_testdata_file({name:?}))")])
+        .output()
+        .expect("python3 is needed: run .ci/run or install python3");
+    assert!(
+        out.status.success(),
+        "pydicom is needed for real DICOM samples: pip install pydicom (or run .ci/run): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }

@@ -60,6 +60,17 @@ pub enum Error {
     /// than label the output with a guarantee it does not give.
     #[error("the {option} option is not supported; switch it off (the Basic Profile action applies instead)")]
     UnsupportedOption { option: &'static str },
+    /// A frame number outside the instance's frames was asked for.
+    #[error("no such frame: the instance has {frames} frame(s), numbered from 1")]
+    NoSuchFrame { frames: u32 },
+    /// The frames of multi-frame native pixel data do not start on byte boundaries (1-bit
+    /// pixels), so one frame cannot be cut out as bytes.
+    #[error("the frames of this instance are not byte-aligned (1-bit pixel data); retrieve the whole instance instead")]
+    FramesNotByteAligned,
+    /// Encapsulated pixel data whose fragments cannot be assigned to frames (no basic
+    /// offset table and not one fragment per frame).
+    #[error("the frames of this compressed instance cannot be located (no offset table, fragments do not match frames); retrieve the whole instance instead")]
+    FramesUnlocatable,
 }
 
 impl Error {

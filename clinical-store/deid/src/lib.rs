@@ -13,6 +13,9 @@
 //! * Hostile input (truncation, lying lengths, endless nesting, deflate bombs) is refused
 //!   with an [`Error`] that names the problem and never echoes a value.
 //!
+//! * [`reidentify`], [`metadata_json`] and [`copy_frame`] read a stored object back:
+//!   identity restored on the fly, the header as DICOM JSON, one frame at a time.
+//!
 //! The rules, the UID derivation with test vectors, and the bad-input policy are written
 //! down in `clinical-store/deid/FORMAT.md`.
 #![forbid(unsafe_code)]
@@ -24,6 +27,7 @@ mod identity;
 mod options;
 mod parse;
 mod split;
+mod stored;
 mod table;
 mod uid;
 mod write;
@@ -32,5 +36,6 @@ pub use error::Error;
 pub use identity::{ClinicalSummary, ExtractedIdentity, OtherPatientId, Secret};
 pub use options::{Limits, Options};
 pub use split::{split, SplitOutcome, DEIDENTIFICATION_METHOD, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+pub use stored::{copy_frame, frame_layout, metadata_json, reidentify, FrameLayout, Restore};
 pub use table::{TABLE_ROWS, TABLE_SHA256, TABLE_SOURCE};
 pub use uid::UidMapper;

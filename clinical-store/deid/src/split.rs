@@ -39,12 +39,12 @@ pub struct SplitOutcome {
 }
 
 /// How the dataset after the file meta information is encoded.
-struct Syntax {
-    enc: Enc,
-    deflated: bool,
+pub(crate) struct Syntax {
+    pub enc: Enc,
+    pub deflated: bool,
 }
 
-fn classify(uid: &str) -> Result<Syntax, Error> {
+pub(crate) fn classify(uid: &str) -> Result<Syntax, Error> {
     if TransferSyntaxRegistry.get(uid).is_none() {
         return Err(Error::UnknownTransferSyntax);
     }
@@ -119,7 +119,7 @@ pub fn split<R: Read, W: Write>(
     }
 }
 
-fn read_meta<R: Read>(src: &mut Source<R>) -> Result<Vec<Elem>, Error> {
+pub(crate) fn read_meta<R: Read>(src: &mut Source<R>) -> Result<Vec<Elem>, Error> {
     let mut meta = Vec::new();
     loop {
         let mut t = [0u8; 4];
@@ -297,45 +297,51 @@ impl Job<'_> {
     }
 
     fn stream_pixels<R: Read, W: Write>(&self, src: &mut Source<R>, out: &mut W, h: Header) -> Result<(), Error> {
-        let max = self.limits.max_pixel_bytes;
-        let mut hdr = Vec::with_capacity(12);
-        write::header(&mut hdr, self.enc, h.tag, h.vr, h.len)?;
-        out.write_all(&hdr).map_err(Error::write)?;
-        let mut chunk = vec![0u8; COPY_CHUNK];
-        if h.len != parse::UNDEFINED {
-            if h.len as u64 > max {
-                return Err(Error::PixelDataTooLarge { limit: max });
-            }
-            return copy_exact(src, out, h.len as u64, &mut chunk);
+        stream_pixel_data(src, out, h, self.enc, self.limits.max_pixel_bytes)
+    }
+}
+
+/// Copy one pixel data element whose header `h` was just read from `src` to `out`, header
+/// included, without holding it: native data in chunks, encapsulated data fragment by
+/// fragment. Refuses more than `max` bytes. Shared by the split and the re-identification.
+pub(crate) fn stream_pixel_data<R: Read, W: Write>(src: &mut Source<R>, out: &mut W, h: Header, enc: Enc, max: u64) -> Result<(), Error> {
+    let mut hdr = Vec::with_capacity(12);
+    write::header(&mut hdr, enc, h.tag, h.vr, h.len)?;
+    out.write_all(&hdr).map_err(Error::write)?;
+    let mut chunk = vec![0u8; COPY_CHUNK];
+    if h.len != parse::UNDEFINED {
+        if h.len as u64 > max {
+            return Err(Error::PixelDataTooLarge { limit: max });
         }
-        // Encapsulated: an item per fragment (the first is the offset table) until the
-        // sequence delimiter. Fragments are copied through, never held whole.
-        let mut total = 0u64;
-        loop {
-            let f = parse::read_header(src, self.enc, "encapsulated pixel data")?
-                .ok_or(Error::Truncated { what: "encapsulated pixel data" })?;
-            hdr.clear();
-            match f.tag {
-                parse::ITEM if f.len != parse::UNDEFINED => {
-                    total = total.saturating_add(f.len as u64 + 8);
-                    if total > max {
-                        return Err(Error::PixelDataTooLarge { limit: max });
-                    }
-                    write::header(&mut hdr, self.enc, parse::ITEM, VR::UN, f.len)?;
-                    out.write_all(&hdr).map_err(Error::write)?;
-                    copy_exact(src, out, f.len as u64, &mut chunk)?;
+        return copy_exact(src, out, h.len as u64, &mut chunk);
+    }
+    // Encapsulated: an item per fragment (the first is the offset table) until the
+    // sequence delimiter. Fragments are copied through, never held whole.
+    let mut total = 0u64;
+    loop {
+        let f = parse::read_header(src, enc, "encapsulated pixel data")?
+            .ok_or(Error::Truncated { what: "encapsulated pixel data" })?;
+        hdr.clear();
+        match f.tag {
+            parse::ITEM if f.len != parse::UNDEFINED => {
+                total = total.saturating_add(f.len as u64 + 8);
+                if total > max {
+                    return Err(Error::PixelDataTooLarge { limit: max });
                 }
-                parse::SEQ_DELIM => {
-                    write::header(&mut hdr, self.enc, parse::SEQ_DELIM, VR::UN, 0)?;
-                    return out.write_all(&hdr).map_err(Error::write);
-                }
-                _ => return Err(Error::malformed(h.tag, "encapsulated pixel data hold something other than fragments")),
+                write::header(&mut hdr, enc, parse::ITEM, VR::UN, f.len)?;
+                out.write_all(&hdr).map_err(Error::write)?;
+                copy_exact(src, out, f.len as u64, &mut chunk)?;
             }
+            parse::SEQ_DELIM => {
+                write::header(&mut hdr, enc, parse::SEQ_DELIM, VR::UN, 0)?;
+                return out.write_all(&hdr).map_err(Error::write);
+            }
+            _ => return Err(Error::malformed(h.tag, "encapsulated pixel data hold something other than fragments")),
         }
     }
 }
 
-fn copy_exact<R: Read, W: Write>(src: &mut Source<R>, out: &mut W, mut n: u64, chunk: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn copy_exact<R: Read, W: Write>(src: &mut Source<R>, out: &mut W, mut n: u64, chunk: &mut [u8]) -> Result<(), Error> {
     while n > 0 {
         let want = chunk.len().min(usize::try_from(n).unwrap_or(usize::MAX));
         let buf = &mut chunk[..want];
