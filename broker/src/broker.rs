@@ -215,6 +215,10 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
     };
     let audit = opts.audit.unwrap_or_else(|| Box::new(trail.clone()));
     let bootstrap = opened.bootstrap.clone();
+    if bootstrap.is_some() {
+        // This run created the bootstrap administrator before the log was open: record it.
+        trail.record_bootstrap()?;
+    }
     let idle = std::time::Duration::from_secs(config.store_idle_secs);
     let keyring = std::sync::Arc::new(keyring);
     let stores = crate::stores::Stores::new(&opened.data_dir, keyring.clone(), idle)?;
