@@ -23,6 +23,7 @@ mod log;
 pub mod merkle;
 mod pending;
 mod store;
+pub mod syslog;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier, SignedCheckpoint, SIGNING_SEED_CONTEXT};
