@@ -89,6 +89,7 @@ pub const AUDIT_ORIGIN: &str = "cleave.local/audit";
 pub struct AuditTrail {
     log: AuditLog,
     refs: ReferenceKey,
+    syslog: Option<crate::syslog::SyslogForwarder>,
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -126,14 +127,24 @@ impl AuditTrail {
         if !log.recovery().is_empty() {
             tracing::warn!(target: "cleave::audit", "the audit log cut a torn tail left by a crash; see its log-recovery entry");
         }
-        Ok(Ok(AuditTrail { log, refs: ReferenceKey::new(reference.key) }))
+        Ok(Ok(AuditTrail { log, refs: ReferenceKey::new(reference.key), syslog: None }))
+    }
+
+    /// Also send a copy of every entry to a syslog/TLS collector.
+    pub(crate) fn with_syslog(mut self, f: crate::syslog::SyslogForwarder) -> Self {
+        self.syslog = Some(f);
+        self
     }
 
     /// Record that the first run created the bootstrap administrator (before the log was
     /// open, so no request recorded it).
     pub(crate) fn record_bootstrap(&self) -> Result<(), crate::Error> {
         let entry = Entry::new(Actor::new(ActorKind::System, "cleave-broker"), Operation::Enroll, Outcome::Allowed);
-        self.log.append(&entry).map(|_| ()).map_err(audit_error)
+        let index = self.log.append(&entry).map_err(audit_error)?;
+        if let Some(s) = &self.syslog {
+            s.forward(index, &entry);
+        }
+        Ok(())
     }
 
     pub fn log(&self) -> &AuditLog {
@@ -178,7 +189,11 @@ impl AuditSink for std::sync::Arc<AuditTrail> {
         let multi = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let index = if multi { tokio::task::block_in_place(|| pending.wait()) } else { pending.wait() };
-        index.map(|_| ()).map_err(audit_error)
+        let index = index.map_err(audit_error)?;
+        if let Some(s) = &self.syslog {
+            s.forward(index, &entry);
+        }
+        Ok(())
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Config {
     pub store_idle_secs: u64,
     /// The hospital's own PKI, used instead of the local CA when set.
     pub pki: PkiConfig,
+    /// Also send every audit entry to an ATNA collector over syslog/TLS (off unless set).
+    pub audit_syslog: Option<crate::syslog::SyslogConfig>,
 }
 
 /// Failed-login limits: after this many failures inside the window, answer 429.
@@ -99,6 +101,7 @@ impl Default for Config {
             audit_checkpoint_secs: 10,
             store_idle_secs: 30,
             pki: PkiConfig::default(),
+            audit_syslog: None,
         }
     }
 }

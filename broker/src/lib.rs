@@ -31,6 +31,7 @@ mod routes;
 mod server;
 mod state;
 mod stores;
+mod syslog;
 mod tls;
 mod tokens_adapter;
 
@@ -46,3 +47,4 @@ pub use roles::Role;
 pub use cleave_tokens::{Authorized, Op, Store};
 pub use routes::OPENAPI_JSON;
 pub use server::{ConnInfo, ListenerKind};
+pub use syslog::SyslogConfig;
