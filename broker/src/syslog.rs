@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ const QUEUE: usize = 10_000;
 /// The sending side; cheap to call from the audit path.
 pub struct SyslogForwarder {
     tx: SyncSender<Vec<u8>>,
+    /// Cleared on drop, so a thread retrying an unreachable collector stops.
+    open: Arc<AtomicBool>,
     source: AuditSource,
     hostname: String,
 }
@@ -76,12 +79,15 @@ impl SyslogForwarder {
             .map_err(|_| Error::Config("[audit_syslog] server_name is not a DNS name or IP address".into()))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let address = cfg.address.clone();
+        let open = Arc::new(AtomicBool::new(true));
+        let still_open = open.clone();
         std::thread::Builder::new()
             .name("cleave-audit-syslog".into())
-            .spawn(move || send_loop(rx, &address, tls, name))
+            .spawn(move || send_loop(rx, &address, tls, name, &still_open))
             .map_err(|e| Error::Config(format!("cannot start the syslog thread ({e})")))?;
         Ok(SyslogForwarder {
             tx,
+            open,
             source: AuditSource { source_id: "cleave-broker".into(), enterprise_site_id: None, log_origin: origin.to_owned() },
             hostname: cfg.hostname.clone().unwrap_or_else(|| "-".into()),
         })
@@ -100,6 +106,12 @@ impl SyslogForwarder {
     }
 }
 
+impl Drop for SyslogForwarder {
+    fn drop(&mut self) {
+        self.open.store(false, Ordering::SeqCst);
+    }
+}
+
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn connect(address: &str, tls: &Arc<rustls::ClientConfig>, name: &rustls::pki_types::ServerName<'static>) -> std::io::Result<Tls> {
@@ -114,7 +126,13 @@ fn connect(address: &str, tls: &Arc<rustls::ClientConfig>, name: &rustls::pki_ty
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
-fn send_loop(rx: Receiver<Vec<u8>>, address: &str, tls: Arc<rustls::ClientConfig>, name: rustls::pki_types::ServerName<'static>) {
+fn send_loop(
+    rx: Receiver<Vec<u8>>,
+    address: &str,
+    tls: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    open: &AtomicBool,
+) {
     let mut stream: Option<Tls> = None;
     let mut pause = Duration::from_millis(200);
     for frame in rx {
@@ -122,6 +140,7 @@ fn send_loop(rx: Receiver<Vec<u8>>, address: &str, tls: Arc<rustls::ClientConfig
             if stream.is_none() {
                 match connect(address, &tls, &name) {
                     Ok(s) => stream = Some(s),
+                    Err(_) if !open.load(Ordering::SeqCst) => return,
                     Err(e) => {
                         tracing::warn!(target: "cleave::audit", error = %e, "cannot reach the syslog collector; retrying");
                         std::thread::sleep(pause);
