@@ -89,6 +89,7 @@ pub const AUDIT_ORIGIN: &str = "cleave.local/audit";
 pub struct AuditTrail {
     log: AuditLog,
     refs: ReferenceKey,
+    syslog: Option<crate::syslog::SyslogForwarder>,
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -103,17 +104,47 @@ impl AuditTrail {
     /// same reference for a patient across the log's whole life ("who accessed this
     /// patient" spans years), so rotating either would cut the log in two.
     pub fn open(data_dir: &Path, keyring: &Keyring, checkpoint_every: std::time::Duration) -> Result<Self, crate::Error> {
+        Self::open_log(data_dir, keyring, checkpoint_every)?.map_err(audit_error)
+    }
+
+    /// [`open`](Self::open), handing back the log's own error so that a caller can tell
+    /// "a running broker holds the log" (`cleave_audit::Error::Locked`) from a failure.
+    pub(crate) fn open_log(
+        data_dir: &Path,
+        keyring: &Keyring,
+        checkpoint_every: std::time::Duration,
+    ) -> Result<Result<Self, cleave_audit::Error>, crate::Error> {
         let first = |p: KeyPurpose| keyring.versions(p).into_iter().min().unwrap_or(1);
         let signing = keyring.unwrap(KeyPurpose::AuditSigning, first(KeyPurpose::AuditSigning))?;
         let reference = keyring.unwrap(KeyPurpose::AuditReference, first(KeyPurpose::AuditReference))?;
         let mut options = LogOptions::new(AUDIT_ORIGIN);
         options.checkpoint_interval = Some(checkpoint_every);
         let dir = data_dir.join("audit");
-        let log = AuditLog::open(&dir, options, &signing.key).map_err(audit_error)?;
+        let log = match AuditLog::open(&dir, options, &signing.key) {
+            Ok(log) => log,
+            Err(e) => return Ok(Err(e)),
+        };
         if !log.recovery().is_empty() {
             tracing::warn!(target: "cleave::audit", "the audit log cut a torn tail left by a crash; see its log-recovery entry");
         }
-        Ok(AuditTrail { log, refs: ReferenceKey::new(reference.key) })
+        Ok(Ok(AuditTrail { log, refs: ReferenceKey::new(reference.key), syslog: None }))
+    }
+
+    /// Also send a copy of every entry to a syslog/TLS collector.
+    pub(crate) fn with_syslog(mut self, f: crate::syslog::SyslogForwarder) -> Self {
+        self.syslog = Some(f);
+        self
+    }
+
+    /// Record that the first run created the bootstrap administrator (before the log was
+    /// open, so no request recorded it).
+    pub(crate) fn record_bootstrap(&self) -> Result<(), crate::Error> {
+        let entry = Entry::new(Actor::new(ActorKind::System, "cleave-broker"), Operation::Enroll, Outcome::Allowed);
+        let index = self.log.append(&entry).map_err(audit_error)?;
+        if let Some(s) = &self.syslog {
+            s.forward(index, &entry);
+        }
+        Ok(())
     }
 
     pub fn log(&self) -> &AuditLog {
@@ -149,7 +180,20 @@ impl AuditSink for std::sync::Arc<AuditTrail> {
     fn record(&self, event: &AuditEvent) -> Result<(), crate::Error> {
         let entry = self.entry(event)?;
         // Returns once the entry is fsync'd (group commit): the request goes on only then.
-        self.log.append(&entry).map(|_| ()).map_err(audit_error)
+        let pending = self.log.submit(&entry).map_err(audit_error)?;
+        // `record` is called from async handlers. Waiting for the fsync on a runtime worker
+        // would hold that worker (there are two on a 2-core host), capping the appends in
+        // flight, and so the batch size, at the number of workers. `block_in_place` hands
+        // the worker's other tasks to another thread while this one waits, so hundreds of
+        // requests share each fsync. It is only allowed on the multi-threaded runtime.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let index = if multi { tokio::task::block_in_place(|| pending.wait()) } else { pending.wait() };
+        let index = index.map_err(audit_error)?;
+        if let Some(s) = &self.syslog {
+            s.forward(index, &entry);
+        }
+        Ok(())
     }
 }
 

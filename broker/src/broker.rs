@@ -211,10 +211,18 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
         let (trail, keyring) = tokio::task::spawn_blocking(move || AuditTrail::open(&dir, &keyring, every).map(|t| (t, keyring)))
             .await
             .map_err(|_| Error::Config("opening the audit log was interrupted".into()))??;
+        let trail = match &config.audit_syslog {
+            Some(c) => trail.with_syslog(crate::syslog::SyslogForwarder::start(c, crate::AUDIT_ORIGIN)?),
+            None => trail,
+        };
         (std::sync::Arc::new(trail), keyring)
     };
     let audit = opts.audit.unwrap_or_else(|| Box::new(trail.clone()));
     let bootstrap = opened.bootstrap.clone();
+    if bootstrap.is_some() {
+        // This run created the bootstrap administrator before the log was open: record it.
+        trail.record_bootstrap()?;
+    }
     let idle = std::time::Duration::from_secs(config.store_idle_secs);
     let keyring = std::sync::Arc::new(keyring);
     let stores = crate::stores::Stores::new(&opened.data_dir, keyring.clone(), idle)?;

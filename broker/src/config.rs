@@ -63,6 +63,8 @@ pub struct Config {
     pub research_min_subjects: usize,
     /// The hospital's own PKI, used instead of the local CA when set.
     pub pki: PkiConfig,
+    /// Also send every audit entry to an ATNA collector over syslog/TLS (off unless set).
+    pub audit_syslog: Option<crate::syslog::SyslogConfig>,
 }
 
 /// Failed-login limits: after this many failures inside the window, answer 429.
@@ -113,6 +115,7 @@ impl Default for Config {
             store_idle_secs: 30,
             research_min_subjects: 5,
             pki: PkiConfig::default(),
+            audit_syslog: None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use broker::{Error, MasterKeySource, Role, ServeOptions};
+use broker::{Error, MasterKeySource, OperatorAction, OperatorAudit, Role, ServeOptions};
 use clap::{Args, Parser, Subcommand};
 
 // Freed heap blocks are wiped: request and response buffers carry PHI (threat T3).
@@ -147,6 +147,17 @@ fn write_credentials(out: &Path, username: &str, creds: &broker::NewCredentials)
     Ok(path)
 }
 
+/// What to do instead when a broker runs and the command has no audited route.
+const STOP_FIRST: &str = "stop the broker, run this command, then start the broker again";
+
+/// Open the data directory and its audit log for an operator command (see
+/// `broker::OperatorAudit`): refused while a broker runs, so that no change goes unrecorded.
+fn audited(data: &Path, key: MasterKeySource, instead: &str) -> Result<(broker::Opened, OperatorAudit), Error> {
+    let opened = broker::open(data, key)?;
+    let audit = OperatorAudit::open(&opened, instead)?;
+    Ok((opened, audit))
+}
+
 async fn run(cli: Cli) -> Result<(), Error> {
     let key = master_key(&cli)?;
     let data = cli.data_dir.clone();
@@ -179,60 +190,65 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Enroll(EnrollCmd::Person { username, out }) => {
-            let _opened = broker::open(&data, key)?;
-            let issued = broker::issue_client_cert(&data, &username, 825)?;
+            let (opened, audit) = audited(&data, key, STOP_FIRST)?;
+            let issued = audit.run(OperatorAction::Enroll, || broker::issue_client_cert(&opened.data_dir, &username, 825))?;
             let (c, k) = broker::write_pair(&out, &username, &issued)?;
             eprintln!("wrote {} and {} (fingerprint {})", c.display(), k.display(), issued.fingerprint);
         }
         Command::Enroll(EnrollCmd::Device { label, ae_title, out }) => {
-            let opened = broker::open(&data, key)?;
-            let issued = broker::issue_client_cert(&data, &label, 825)?;
-            opened.accounts.add_device(issued.fingerprint.hex(), &label, &ae_title, "cli")?;
+            let (opened, audit) = audited(&data, key, STOP_FIRST)?;
+            let issued = audit.run(OperatorAction::Enroll, || {
+                let issued = broker::issue_client_cert(&opened.data_dir, &label, 825)?;
+                opened.accounts.add_device(issued.fingerprint.hex(), &label, &ae_title, "cli")?;
+                Ok(issued)
+            })?;
             let (c, k) = broker::write_pair(&out, &label, &issued)?;
             eprintln!("enrolled device; wrote {} and {} (fingerprint {})", c.display(), k.display(), issued.fingerprint);
         }
         Command::User(UserCmd::Add { username, role, department, out }) => {
-            let opened = broker::open(&data, key)?;
             let role = Role::parse(&role).ok_or_else(|| {
                 Error::Config("unknown role; use modality, nurse, doctor, registration, it-admin, auditor or researcher".into())
             })?;
-            let creds = opened.accounts.add_staff(&username, role, &department)?;
+            let (opened, audit) = audited(&data, key, "use `cleave admin users add` (the broker records it), or stop the broker first")?;
+            let creds = audit.run(OperatorAction::Enroll, || opened.accounts.add_staff(&username, role, &department))?;
             let path = write_credentials(&out, &username, &creds)?;
             eprintln!("created the account; its password and TOTP seed are in {} (0600)", path.display());
         }
         Command::User(UserCmd::List) => {
-            let opened = broker::open(&data, key)?;
-            for s in opened.accounts.list_staff()? {
+            let (opened, audit) = audited(&data, key, "use `cleave admin users list` (the broker records it)")?;
+            for s in audit.run(OperatorAction::ListAccounts, || opened.accounts.list_staff())? {
                 println!("{}\t{}\t{}\t{}", s.username, s.role, s.department, if s.disabled { "disabled" } else { "active" });
             }
         }
         Command::User(UserCmd::Disable { username }) => {
-            broker::open(&data, key)?.accounts.disable_staff(&username)?;
+            let (opened, audit) = audited(&data, key, "use `cleave admin users disable` (the broker records it)")?;
+            audit.run(OperatorAction::Revoke, || opened.accounts.disable_staff(&username))?;
             eprintln!("disabled the account and revoked its tokens");
         }
         Command::Device(DeviceCmd::Add { label, cert, ae_title }) => {
-            let opened = broker::open(&data, key)?;
             let fp = broker::fingerprint_of_pem_file(&cert)?;
-            opened.accounts.add_device(fp.hex(), &label, &ae_title, "cli")?;
+            let (opened, audit) = audited(&data, key, STOP_FIRST)?;
+            audit.run(OperatorAction::Enroll, || opened.accounts.add_device(fp.hex(), &label, &ae_title, "cli"))?;
             eprintln!("enrolled the device ({fp})");
         }
         Command::Device(DeviceCmd::List) => {
-            let opened = broker::open(&data, key)?;
-            for d in opened.accounts.list_devices()? {
+            let (opened, audit) = audited(&data, key, "use `cleave admin devices list` (the broker records it)")?;
+            for d in audit.run(OperatorAction::ListAccounts, || opened.accounts.list_devices())? {
                 println!("{}\t{}\tsha256:{}\t{}", d.label, d.ae_title, d.fingerprint, if d.revoked { "revoked" } else { "active" });
             }
         }
         Command::Device(DeviceCmd::Revoke { device }) => {
-            broker::open(&data, key)?.accounts.revoke_device(&device)?;
+            let (opened, audit) = audited(&data, key, "use `cleave admin devices revoke` (the broker records it)")?;
+            audit.run(OperatorAction::Revoke, || opened.accounts.revoke_device(&device))?;
             eprintln!("revoked the device and its tokens");
         }
         Command::Keys(KeysCmd::Rotate { purpose }) => {
-            let mut opened = broker::open(&data, key)?;
             let p = cleave_keys::KeyPurpose::ALL
                 .into_iter()
                 .find(|p| p.name() == purpose)
                 .ok_or_else(|| Error::Config("unknown key purpose; see keys/FORMAT.md for the list".into()))?;
-            let v = opened.keyring.rotate(p)?;
+            let (mut opened, audit) = audited(&data, key, STOP_FIRST)?;
+            let v = audit.run(OperatorAction::KeyRotate, || Ok(opened.keyring.rotate(p)?))?;
             eprintln!("{} is now at version {v}; new data is sealed under it", p.name());
         }
     }

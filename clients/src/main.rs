@@ -496,8 +496,19 @@ fn lookup(g: &Global, a: LookupArgs) -> Result<()> {
 
 fn audit(g: &Global, cmd: AuditCmd) -> Result<()> {
     let (c, pd) = connect(g)?;
-    let v = match cmd {
-        AuditCmd::Tail { limit } => c.audit_entries(&[("limit", limit.to_string())])?,
+    let (v, title) = match cmd {
+        AuditCmd::Tail { limit } => {
+            // The newest `limit` entries: learn the size, then read from there.
+            let size = c.audit_entries(&[("limit", "1".to_owned())])?["tree_size"].as_u64().unwrap_or(0);
+            let mut f = vec![("limit", limit.to_string())];
+            if size > u64::from(limit) {
+                f.push(("after", (size - u64::from(limit) - 1).to_string()));
+            }
+            let mut v = c.audit_entries(&f)?;
+            // The tail is "the latest"; its own reads always make the log a little longer.
+            v["next"] = Value::Null;
+            (v, None)
+        }
         AuditCmd::Filter { after, limit, account, operation, outcome, patient } => {
             let mut f = Vec::new();
             if let Some(x) = after {
@@ -511,21 +522,77 @@ fn audit(g: &Global, cmd: AuditCmd) -> Result<()> {
                     f.push((k, x));
                 }
             }
-            c.audit_entries(&f)?
+            (c.audit_entries(&f)?, None)
         }
-        AuditCmd::WhoAccessed { pseudonym } => c.audit_entries(&[("patient", pseudonym)])?,
+        AuditCmd::WhoAccessed { pseudonym } => {
+            // Every page: an auditor asking "who" wants the whole answer, not the first 100.
+            let mut all = Vec::new();
+            let mut f = vec![("patient", pseudonym), ("limit", "1000".to_owned())];
+            loop {
+                let page = c.audit_entries(&f)?;
+                all.extend(page["entries"].as_array().cloned().unwrap_or_default());
+                match page["next"].as_u64() {
+                    Some(n) if n > 0 => {
+                        f.retain(|(k, _)| *k != "after");
+                        f.push(("after", (n - 1).to_string()));
+                    }
+                    _ => break,
+                }
+            }
+            (json!({ "entries": all, "next": null }), Some("accesses to this patient's records (identity and clinical side), oldest first"))
+        }
         AuditCmd::Verify => {
             let r = verify_audit(&c, &pd.state_dir()?)?;
             let v = serde_json::to_value(&r).unwrap_or_default();
             out(g, &v, || match r.previous_size {
-                Some(p) => format!("audit log consistent: grew from {p} to {} entries", r.size),
-                None => format!("audit log checkpoint of {} entries saved (first verification; key pinned)", r.size),
+                Some(p) => format!(
+                    "audit log consistent: grew from {p} to {} entries; {} new entries checked against the signed root",
+                    r.size, r.entries_checked
+                ),
+                None => format!(
+                    "audit log checkpoint of {} entries saved (first verification; key pinned; {} entries checked against the signed root)",
+                    r.size, r.entries_checked
+                ),
             });
             return Ok(());
         }
     };
-    out(g, &v, || pretty(&v));
+    out(g, &v, || audit_table(&v, title));
     Ok(())
+}
+
+/// Entries as a table, one line each; resources are keyed references, shown as a count.
+fn audit_table(v: &Value, title: Option<&str>) -> String {
+    let mut s = String::new();
+    if let Some(t) = title {
+        s.push_str(t);
+        s.push('\n');
+    }
+    s.push_str(&format!("{:>6}  {:<24}  {:<32}  {:<17}  {:<28}  {}", "INDEX", "TIME", "ACTOR", "OPERATION", "OUTCOME", "RESOURCES"));
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    for e in &entries {
+        let outcome = match (e["outcome"]["result"].as_str(), e["outcome"]["kind"].as_str()) {
+            (Some(r), Some(k)) => format!("{r} ({k})"),
+            (Some(r), None) => r.to_owned(),
+            _ => String::new(),
+        };
+        s.push_str(&format!(
+            "\n{:>6}  {:<24}  {:<32}  {:<17}  {:<28}  {}",
+            e["index"].as_u64().map(|i| i.to_string()).unwrap_or_default(),
+            e["time"].as_str().unwrap_or(""),
+            format!("{}/{}", e["actor"]["kind"].as_str().unwrap_or(""), e["actor"]["name"].as_str().unwrap_or("")),
+            e["op"].as_str().unwrap_or(""),
+            outcome,
+            e["resources"].as_array().map_or(0, Vec::len)
+        ));
+    }
+    if entries.is_empty() {
+        s.push_str("\n(no entries)");
+    }
+    if let Some(n) = v["next"].as_u64() {
+        s.push_str(&format!("\nmore: continue with --after {}", n.saturating_sub(1)));
+    }
+    s
 }
 
 fn admin(g: &Global, cmd: AdminCmd) -> Result<()> {

@@ -24,7 +24,7 @@ const STUDY: &str = "1.2.826.0.1.3680043.8.498.1";
 
 struct World {
     _rt: tokio::runtime::Runtime,
-    _running: broker::RunningBroker,
+    _running: Option<broker::RunningBroker>,
     data: tempfile::TempDir,
     home: tempfile::TempDir,
     server: String,
@@ -42,7 +42,7 @@ impl World {
         let running = rt.block_on(broker::start(opts)).unwrap();
         let server = format!("https://127.0.0.1:{}", running.addr.port());
         let consultant = format!("https://127.0.0.1:{}", running.consultant_addr.unwrap().port());
-        World { _rt: rt, _running: running, data, home: tempfile::tempdir().unwrap(), server, consultant }
+        World { _rt: rt, _running: Some(running), data, home: tempfile::tempdir().unwrap(), server, consultant }
     }
 
     fn ca(&self) -> PathBuf {
@@ -732,4 +732,178 @@ fn the_admin_resolves_the_review_queue_from_the_cli() {
     assert_eq!(studies, 3, "the three arrivals' studies are the kept identity's: {v}");
     // The admin never sees identity or clinical data.
     assert_refused(&w.cleave(&["--profile", "admin", "lookup", "--patient-id", "REV-1", "--json"], &[]), "the admin looks up a patient");
+
+impl World {
+    /// Stop the broker, let `between` change the data directory (as someone with the
+    /// machine could), and start it again on the same addresses.
+    fn restart(&mut self, between: impl FnOnce(&Path)) {
+        let running = self._running.take().expect("the broker runs");
+        let (addr, consultant) = (running.addr, running.consultant_addr);
+        drop(running);
+        between(self.data.path());
+        let mut opts = broker::ServeOptions::new(self.data.path());
+        opts.listen = Some(addr);
+        opts.consultant_listen = consultant;
+        // The old listeners and the audit log's lock go once their aborted tasks are dropped.
+        let started = std::time::Instant::now();
+        loop {
+            let mut o = broker::ServeOptions::new(self.data.path());
+            o.listen = opts.listen;
+            o.consultant_listen = opts.consultant_listen;
+            match self._rt.block_on(broker::start(o)) {
+                Ok(r) => {
+                    self._running = Some(r);
+                    return;
+                }
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(20) => {
+                    eprintln!("restart: {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => panic!("the broker did not restart: {e}"),
+            }
+        }
+    }
+}
+
+/// The audit log directory's signing key, as an insider with the data directory and its
+/// master key file has it.
+fn audit_signing_key(data: &Path) -> cleave_keys::Key32 {
+    let opened = broker::open(data, broker::MasterKeySource::KeyFile).unwrap();
+    let first = opened.keyring.versions(cleave_keys::KeyPurpose::AuditSigning).into_iter().min().unwrap();
+    opened.keyring.unwrap(cleave_keys::KeyPurpose::AuditSigning, first).unwrap().key
+}
+
+/// Open the broker's log once the stopped broker has let go of it.
+fn open_stopped_log(dir: &Path, key: &cleave_keys::Key32) -> cleave_audit::AuditLog {
+    let started = std::time::Instant::now();
+    loop {
+        let mut o = cleave_audit::LogOptions::new(broker::AUDIT_ORIGIN);
+        o.checkpoint_interval = None;
+        o.checkpoint_every_entries = None;
+        match cleave_audit::AuditLog::open(dir, o, key) {
+            Ok(log) => return log,
+            Err(cleave_audit::Error::Locked(_)) if started.elapsed() < std::time::Duration::from_secs(20) => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => panic!("cannot open the stopped broker's audit log: {e}"),
+        }
+    }
+}
+
+/// The auditor's everyday commands, pinned as a person reads them.
+#[test]
+fn auditor_tails_filters_and_finds_who_accessed_a_patient() {
+    let w = World::start();
+    w.admin();
+    w.staff("desk4", "registration");
+    w.staff("drwho", "doctor");
+    w.staff("nurse4", "nurse");
+    w.staff("aud4", "auditor");
+    let reg = w.ok_json(
+        &["--profile", "desk4", "register", "--family", "Auditee", "--given", "Cy", "--birth-date", "19800303", "--sex", "F", "--issuer", "HOSP", "--patient-id", "MRN-4"],
+        &[],
+    );
+    let p = reg["pseudonym"].as_str().unwrap().to_owned();
+    let other = w.ok_json(
+        &["--profile", "desk4", "register", "--family", "Bystander", "--given", "Di", "--birth-date", "19700404", "--sex", "M", "--issuer", "HOSP", "--patient-id", "MRN-5"],
+        &[],
+    )["pseudonym"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Identity side: the doctor looks the patient up (identity search, then the clinical
+    // summary by pseudonym); clinical side: a note written, notes read; a refusal.
+    w.ok(&["--profile", "drwho", "lookup", "--family", "Auditee"], &[]);
+    w.ok(&["--profile", "drwho", "note", "add", &p, "--text", "audit me"], &[]);
+    w.ok(&["--profile", "nurse4", "note", "list", &p], &[]);
+    assert_refused(&w.cleave(&["--profile", "desk4", "note", "list", &p, "--json"], &[]), "registration reads notes");
+    w.ok(&["--profile", "nurse4", "note", "list", &other], &[]);
+
+    // The newest entries: the accesses just made (tail's own read comes first in the log).
+    let tail = w.ok(&["--profile", "aud4", "audit", "tail", "--limit", "4"], &[]);
+    insta::assert_snapshot!("audit_tail", redact(&tail, &[]));
+    let who = w.ok(&["--profile", "aud4", "audit", "who-accessed", &p], &[]);
+    insta::assert_snapshot!("audit_who_accessed", redact(&who, &[(&p, "[PSEUDONYM]")]));
+    // The same through --json: exactly these accesses, none of the other patient's.
+    let v = w.ok_json(&["--profile", "aud4", "audit", "who-accessed", &p], &[]);
+    let mut got: Vec<String> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {} {}", e["actor"]["name"].as_str().unwrap(), e["op"].as_str().unwrap(), e["outcome"]["result"].as_str().unwrap()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "aud4 audit-read allowed", // the human-readable lookup above
+            "aud4 audit-read allowed", // this one
+            "desk4 clinical-read denied",
+            "desk4 identity-write allowed",
+            "drwho clinical-read allowed",
+            "drwho identity-search allowed",
+            "drwho note-write allowed",
+            "nurse4 clinical-read allowed",
+        ]
+    );
+
+    let filtered = w.ok(&["--profile", "aud4", "audit", "filter", "--account", "drwho", "--operation", "note-write"], &[]);
+    insta::assert_snapshot!("audit_filter", redact(&filtered, &[]));
+    let denied = w.ok_json(&["--profile", "aud4", "audit", "filter", "--outcome", "denied"], &[]);
+    assert_eq!(denied["entries"].as_array().unwrap().len(), 1, "{denied}");
+    let (code, kind, _) = w.fails(&["--profile", "aud4", "audit", "filter", "--operation", "peek"], &[]);
+    assert_eq!((code, kind.as_str()), (1, "server"));
+}
+
+/// `cleave audit verify` keeps the last checkpoint and the verified leaf hashes; a log
+/// rewritten by someone holding the signing key (a compromised broker host) and served
+/// with fresh, validly signed checkpoints fails verification naming the changed entry.
+#[test]
+fn audit_verify_names_the_first_entry_of_a_rewritten_log() {
+    let mut w = World::start();
+    w.admin();
+    w.staff("aud5", "auditor");
+    w.staff("nurse5", "nurse");
+    let first = w.ok_json(&["--profile", "aud5", "audit", "verify"], &[]);
+    assert_eq!(first["pinned_key"], true);
+    assert_eq!(first["entries_checked"], first["size"], "the first visit hashes every entry");
+    w.cleave(&["--profile", "nurse5", "note", "list", "P1-00000000000000000000000000000000"], &[]);
+    let second = w.ok_json(&["--profile", "aud5", "audit", "verify"], &[]);
+    assert_eq!(second["previous_size"], first["size"]);
+    let human = w.ok(&["--profile", "aud5", "audit", "verify"], &[]);
+    assert!(human.starts_with("audit log consistent: grew from "), "{human}");
+
+    // Rewrite history: entry 5 (a login) now names another account; everything after is
+    // re-appended and re-signed with the real key, so the broker opens it happily.
+    let changed = 5u64;
+    w.restart(|data| {
+        let key = audit_signing_key(data);
+        let dir = data.join("audit");
+        let entries: Vec<cleave_audit::Entry> = {
+            let log = open_stopped_log(&dir, &key);
+            let raw = log.raw_entries(0, log.size() as usize).unwrap();
+            raw.iter().map(|r| cleave_audit::Entry::from_canonical_bytes(&r.bytes, r.index).unwrap()).collect()
+        };
+        let forged_dir = data.join("audit-forged");
+        {
+            let log = open_stopped_log(&forged_dir, &key);
+            for (i, mut e) in entries.into_iter().enumerate() {
+                if i as u64 == changed {
+                    e.actor.name = "someone-else".into();
+                }
+                log.append(&e).unwrap();
+            }
+            log.checkpoint().unwrap();
+        }
+        std::fs::rename(&dir, data.join("audit-original")).unwrap();
+        std::fs::rename(&forged_dir, &dir).unwrap();
+    });
+    let (code, kind, message) = w.fails(&["--profile", "aud5", "audit", "verify"], &[]);
+    assert_eq!((code, kind.as_str()), (5, "audit_inconsistent"), "{message}");
+    assert!(message.contains(&format!("entry {changed} differs")), "{message}");
+    // Evidence kept: the next run fails the same way (the log grew meanwhile by the
+    // verifier's own reads, so only the sizes in the message differ).
+    let (code, _, again) = w.fails(&["--profile", "aud5", "audit", "verify"], &[]);
+    assert_eq!(code, 5);
+    assert!(again.contains(&format!("entry {changed} differs")), "{again}");
 }

@@ -21,7 +21,9 @@ mod entry;
 mod error;
 mod log;
 pub mod merkle;
+mod pending;
 mod store;
+pub mod syslog;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier, SignedCheckpoint, SIGNING_SEED_CONTEXT};
@@ -32,4 +34,5 @@ pub use entry::{
 pub use error::Error;
 pub use log::{AuditLog, LogOptions, Page, Query, RawCheckpoint, RawEntry, Recovery};
 pub use merkle::Hash;
+pub use pending::PendingAppend;
 pub use verify::{verify_dir, verify_log, Problem, VerifyError, VerifyFailure, VerifyReport};

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{check_origin, note_text, Checkpoint, CheckpointSigner, CheckpointVerifier, SignedCheckpoint};
 use crate::entry::{Actor, ActorKind, Entry, Operation, Outcome, OutcomeClass, ResourceRef, Timestamp};
 use crate::merkle::{Hash, Tree};
-use crate::store::{self, encode_record, Damage, FileKind, Next, RecordReader, RECORD_OVERHEAD};
+use crate::pending::{Completion, PendingAppend, Responder};
+use crate::store::{self, encode_record, encode_record_hashed, Damage, FileKind, Next, RecordReader, RECORD_OVERHEAD};
 use crate::Error;
 
 const META_FORMAT: &str = "cleave-audit/1";
@@ -41,6 +42,8 @@ const MAX_SCAN: u64 = 100_000;
 /// Page size when a query does not say, and the most a page holds.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// The most entries one `append_batch` call may carry.
+const MAX_BATCH_CALL: usize = 65_536;
 
 /// How a log is opened.
 #[derive(Clone, Debug)]
@@ -167,9 +170,12 @@ struct Shared {
     _lock: File,
 }
 
+/// One caller's entries, kept together: they get consecutive leaf indexes in one batch.
 struct Request {
-    payload: Vec<u8>,
-    reply: mpsc::SyncSender<Result<u64, Error>>,
+    /// Canonical entry bytes with their leaf hash, computed by the appending thread.
+    payloads: Vec<(Vec<u8>, Hash)>,
+    bytes: usize,
+    reply: Responder,
 }
 
 /// An open audit log. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -378,13 +384,53 @@ impl AuditLog {
     }
 
     /// Append an entry; returns its leaf index once it is durable on disk.
-    /// Blocks the calling thread: from async code, call it inside `spawn_blocking`.
+    /// Blocks the calling thread: from async code, `.await` [`submit`](Self::submit) instead.
     pub fn append(&self, entry: &Entry) -> Result<u64, Error> {
+        self.submit(entry)?.wait()
+    }
+
+    /// Queue an entry and return at once. The entry is checked and encoded now (an invalid
+    /// one is refused here); the returned [`PendingAppend`] yields its leaf index once it is
+    /// durable, by `.wait()` or `.await`. Many appends in flight share one `fdatasync`:
+    /// this is how an async server reaches high append rates without a thread per append.
+    pub fn submit(&self, entry: &Entry) -> Result<PendingAppend, Error> {
         let payload = entry.to_canonical_bytes()?;
-        let (reply, rx) = mpsc::sync_channel(1);
+        self.enqueue(vec![payload])
+    }
+
+    /// Append several entries as one unit: they get consecutive leaf indexes, become
+    /// durable with one `fdatasync`, and the range of their indexes is returned. All are
+    /// checked before any is queued, so either all are appended or none. An empty slice
+    /// appends nothing. At most 65 536 entries per call.
+    pub fn append_batch(&self, entries: &[Entry]) -> Result<std::ops::Range<u64>, Error> {
+        if entries.is_empty() {
+            let n = self.size();
+            return Ok(n..n);
+        }
+        if entries.len() > MAX_BATCH_CALL {
+            return Err(Error::InvalidEntry { field: "entries", rule: "at most 65536 entries per append_batch call" });
+        }
+        let payloads = entries.iter().map(Entry::to_canonical_bytes).collect::<Result<Vec<_>, _>>()?;
+        let n = payloads.len() as u64;
+        let first = self.enqueue(payloads)?.wait()?;
+        Ok(first..first + n)
+    }
+
+    fn enqueue(&self, payloads: Vec<Vec<u8>>) -> Result<PendingAppend, Error> {
+        let completion = std::sync::Arc::new(Completion::default());
+        let bytes = payloads.iter().map(Vec::len).sum();
+        // Hash here, on the caller's thread: the one writer thread then only frames and
+        // writes, and many appenders hash in parallel while it waits for the disk.
+        let payloads = payloads
+            .into_iter()
+            .map(|p| {
+                let hash = crate::merkle::leaf_hash(&p);
+                (p, hash)
+            })
+            .collect();
         let tx = self.tx.as_ref().ok_or(Error::WriterStopped)?;
-        tx.send(Request { payload, reply }).map_err(|_| Error::WriterStopped)?;
-        rx.recv().map_err(|_| Error::WriterStopped)?
+        tx.send(Request { payloads, bytes, reply: Responder(completion.clone()) }).map_err(|_| Error::WriterStopped)?;
+        Ok(PendingAppend { completion })
     }
 
     /// Number of durable entries.
@@ -570,12 +616,14 @@ fn writer_loop(shared: Arc<Shared>, mut file: File, rx: mpsc::Receiver<Request>,
             },
         };
         if let Some(first) = first {
-            let mut bytes = first.payload.len();
+            let mut bytes = first.bytes;
+            let mut count = first.payloads.len();
             batch.push(first);
-            while batch.len() < max_batch && bytes < MAX_BATCH_BYTES {
+            while count < max_batch && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(r) => {
-                        bytes += r.payload.len();
+                        bytes += r.bytes;
+                        count += r.payloads.len();
                         batch.push(r);
                     }
                     Err(_) => break,
@@ -586,11 +634,17 @@ fn writer_loop(shared: Arc<Shared>, mut file: File, rx: mpsc::Receiver<Request>,
                 (st.tree.size(), st.offsets.last().copied().unwrap_or(0))
             };
             buf.clear();
-            let mut added = Vec::with_capacity(batch.len());
-            for (i, r) in batch.iter().enumerate() {
-                let hash = encode_record(FileKind::Entries, start + i as u64, &r.payload, &mut buf);
-                added.push((hash, offset));
-                offset += RECORD_OVERHEAD + r.payload.len() as u64;
+            let mut added = Vec::with_capacity(count);
+            let mut firsts = Vec::with_capacity(batch.len());
+            let mut index = start;
+            for r in &batch {
+                firsts.push(index);
+                for (p, hash) in &r.payloads {
+                    encode_record_hashed(index, p, hash, &mut buf);
+                    added.push((*hash, offset));
+                    offset += RECORD_OVERHEAD + p.len() as u64;
+                    index += 1;
+                }
             }
             let written = file.write_all(&buf).and_then(|()| file.sync_data());
             if let Err(e) = written {
@@ -599,7 +653,7 @@ fn writer_loop(shared: Arc<Shared>, mut file: File, rx: mpsc::Receiver<Request>,
                 tracing::error!(error = %e, "audit log: write failed; the writer stops");
                 shared.failed.store(true, Ordering::SeqCst);
                 for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(Error::io("append to", &shared.entries_path, std::io::Error::new(e.kind(), e.to_string()))));
+                    r.reply.send(Err(Error::io("append to", &shared.entries_path, std::io::Error::new(e.kind(), e.to_string()))));
                 }
                 break;
             }
@@ -612,9 +666,9 @@ fn writer_loop(shared: Arc<Shared>, mut file: File, rx: mpsc::Receiver<Request>,
                 }
                 st.offsets.push(offset);
             }
-            since_checkpoint += batch.len() as u64;
-            for (i, r) in batch.drain(..).enumerate() {
-                let _ = r.reply.send(Ok(start + i as u64));
+            since_checkpoint += count as u64;
+            for (r, first_index) in batch.drain(..).zip(firsts) {
+                r.reply.send(Ok(first_index));
             }
         }
         let due_by_count = options.checkpoint_every_entries.is_some_and(|n| since_checkpoint >= n);

@@ -58,10 +58,22 @@ impl Tree {
     /// Build a tree from leaf hashes.
     pub fn from_leaf_hashes(leaves: impl IntoIterator<Item = Hash>) -> Self {
         let mut t = Tree::new();
-        for l in leaves {
-            t.push_leaf_hash(l);
-        }
+        t.extend_leaf_hashes(leaves);
         t
+    }
+
+    /// Append many leaf hashes at once (opening a log, bulk loads), reserving room for
+    /// every level up front instead of growing each level as it fills.
+    pub fn extend_leaf_hashes(&mut self, leaves: impl IntoIterator<Item = Hash>) {
+        let leaves = leaves.into_iter();
+        let mut more = leaves.size_hint().0;
+        for level in self.levels.iter_mut() {
+            level.reserve(more);
+            more /= 2;
+        }
+        for l in leaves {
+            self.push_leaf_hash(l);
+        }
     }
 
     /// Number of leaves.

@@ -56,12 +56,18 @@ impl FileKind {
 /// Encode one record.
 pub(crate) fn encode_record(kind: FileKind, seq: u64, payload: &[u8], out: &mut Vec<u8>) -> Hash {
     let hash = kind.record_hash(seq, payload);
+    encode_record_hashed(seq, payload, &hash, out);
+    hash
+}
+
+/// Encode one record whose trailing hash the caller already computed (entries: the leaf
+/// hash, which appenders compute on their own threads so the writer only copies bytes).
+pub(crate) fn encode_record_hashed(seq: u64, payload: &[u8], hash: &Hash, out: &mut Vec<u8>) {
     // Invariant: payloads are checked against MAX_RECORD_PAYLOAD (64 KiB) before encoding.
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(payload);
-    out.extend_from_slice(&hash);
-    hash
+    out.extend_from_slice(hash);
 }
 
 /// One intact record.

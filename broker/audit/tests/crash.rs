@@ -106,7 +106,8 @@ fn damage_under_a_signed_checkpoint_is_never_cut() {
     assert_eq!(std::fs::read(&path).unwrap().len(), recs[19].offset + 10);
 }
 
-/// The child: four threads append as fast as they can and print each acknowledgement.
+/// The child: four threads append as fast as they can, a fifth appends batches, and each
+/// acknowledgement is printed.
 fn child(dir: &str) {
     let mut options = LogOptions::new(ORIGIN);
     options.checkpoint_interval = Some(Duration::from_millis(50));
@@ -127,9 +128,29 @@ fn child(dir: &str) {
             })
         })
         .collect();
+    // A fifth appender writes batches (one unit, consecutive indexes) of 40 entries.
+    let batcher = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for b in 0u64.. {
+                let names: Vec<String> = (0..40).map(|i| format!("b-{b}-{i}")).collect();
+                let batch: Vec<Entry> = names
+                    .iter()
+                    .map(|n| Entry::new(Actor::new(ActorKind::Device, n.clone()), Operation::Ingest, Outcome::Allowed))
+                    .collect();
+                let range = log.append_batch(&batch).unwrap();
+                let mut out = std::io::stdout().lock();
+                for (index, name) in range.zip(&names) {
+                    writeln!(out, "ack {index} {name}").unwrap();
+                }
+                out.flush().unwrap();
+            }
+        })
+    };
     for t in threads {
         let _ = t.join();
     }
+    let _ = batcher.join();
 }
 
 #[test]
@@ -170,6 +191,7 @@ fn every_acknowledged_entry_survives_kill_9() {
         assert!(acked.len() > before + 100, "round {round}: the child acknowledged too little to test anything");
     }
 
+    assert!(acked.iter().any(|(_, n)| n.starts_with("b-")), "the batch appender was acknowledged too");
     let log = AuditLog::open(dir.path(), manual_options(), &signing_key()).unwrap();
     let size = log.size();
     let raw = log.raw_entries(0, size as usize).unwrap();

@@ -179,6 +179,17 @@ fn deleted_checkpoint_is_named() {
 }
 
 #[test]
+fn reordered_checkpoints_are_named() {
+    let (dir, v, _) = setup();
+    let mut recs = checkpoints(dir.path());
+    recs.swap(1, 2);
+    rewrite(&dir.path().join("checkpoints.log"), CHECKPOINTS_HEADER, &recs);
+    // Record hashes bind the sequence number: checkpoint 1's place holds checkpoint 2.
+    assert!(matches!(first_problem(dir.path(), &v, None), Problem::CheckpointMissing { seq: 1 }));
+    assert!(AuditLog::open(dir.path(), manual_options(), &signing_key()).is_err());
+}
+
+#[test]
 fn truncated_checkpoints_are_named() {
     let (dir, v, notes) = setup();
     let path = dir.path().join("checkpoints.log");

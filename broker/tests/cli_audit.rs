@@ -1,0 +1,118 @@
+//! Every `cleave-broker` operator command is a recorded decision: run as an operator runs
+//! it, each leaves a signed entry (a failure a second one) that the auditor's verification
+//! accepts; while a broker runs, the command line refuses and changes nothing.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cleave_audit::{ActorKind, Operation, OutcomeClass, Query};
+use common::*;
+
+fn cli(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cleave-broker")).arg("--data-dir").arg(data).args(args).env("USER", "opsuser").output().unwrap()
+}
+
+fn ok(data: &Path, args: &[&str]) -> Output {
+    let o = cli(data, args);
+    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// (actor kind, actor name, operation, outcome class) of every entry, read through the
+/// broker's own trail (the command line has exited, so the lock is free).
+fn entries(data: &Path) -> (Vec<(ActorKind, String, Operation, OutcomeClass)>, cleave_audit::CheckpointVerifier) {
+    let opened = broker::open(data, broker::MasterKeySource::KeyFile).unwrap();
+    let trail = broker::AuditTrail::open(data, &opened.keyring, std::time::Duration::from_secs(3600)).unwrap();
+    let page = trail.log().list(&Query { limit: 1000, ..Query::default() }).unwrap();
+    assert!(page.next.is_none());
+    let list = page.entries.into_iter().map(|(_, e)| (e.actor.kind, e.actor.name, e.operation, e.outcome.class())).collect();
+    (list, trail.log().verifier())
+}
+
+#[test]
+fn operator_commands_are_recorded_signed_and_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cleave-data");
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    ok(&data, &["enroll", "device", "ct-scanner-9", "--ae-title", "CT9", "--out", o]);
+    ok(&data, &["enroll", "person", "drwho", "--out", o]);
+    ok(&data, &["user", "add", "nurse8", "--role", "nurse", "--department", "ward-8", "--out", o]);
+    ok(&data, &["user", "list"]);
+    ok(&data, &["user", "disable", "nurse8"]);
+    ok(&data, &["device", "revoke", "ct-scanner-9"]);
+    ok(&data, &["keys", "rotate", "broker-data"]);
+    // A command that fails after its decision was recorded leaves the failure too.
+    assert!(!cli(&data, &["user", "disable", "nobody-here"]).status.success());
+    // A usage error (unknown role) is refused before anything is decided: no entry.
+    assert!(!cli(&data, &["user", "add", "x", "--role", "surgeon", "--department", "d", "--out", o]).status.success());
+
+    // Each command closed the log with a checkpoint covering its entries.
+    let audit_dir = data.join("audit");
+    let (list, verifier) = entries(&data);
+    let report = cleave_audit::verify_dir(&audit_dir, &verifier, None).expect("the operator's entries verify");
+    assert_eq!(report.unsigned_tail, 0, "every command's entries are signed before it exits");
+    assert_eq!(report.entries, list.len() as u64);
+
+    let cli_actor = "cleave-broker-cli@opsuser".to_owned();
+    use Operation::*;
+    use OutcomeClass::*;
+    let want: Vec<(ActorKind, String, Operation, OutcomeClass)> = [
+        (ActorKind::System, "cleave-broker".to_owned(), Enroll, Allowed), // the bootstrap admin
+        (ActorKind::System, cli_actor.clone(), Enroll, Allowed),
+        (ActorKind::System, cli_actor.clone(), Enroll, Allowed),
+        (ActorKind::System, cli_actor.clone(), Enroll, Allowed),
+        (ActorKind::System, cli_actor.clone(), Enroll, Allowed), // user list
+        (ActorKind::System, cli_actor.clone(), Revoke, Allowed),
+        (ActorKind::System, cli_actor.clone(), Revoke, Allowed),
+        (ActorKind::System, cli_actor.clone(), KeyRotate, Allowed),
+        (ActorKind::System, cli_actor.clone(), Revoke, Allowed),
+        (ActorKind::System, cli_actor, Revoke, Error),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(list, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_broker_runs_the_command_line_refuses_and_changes_nothing() {
+    let b = start(TEST_CONFIG, false).await;
+    let data = b.dir.path().to_owned();
+    let out = b.dir.path().join("out");
+    let before = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || broker::open(&data, broker::MasterKeySource::KeyFile).unwrap().accounts.list_staff().unwrap().len()
+    })
+    .await
+    .unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["user", "add", "eve", "--role", "nurse", "--department", "d", "--out", out.to_str().unwrap()], "cleave admin users add"),
+        (&["user", "disable", "admin"], "cleave admin users disable"),
+        (&["keys", "rotate", "broker-data"], "stop the broker"),
+        (&["enroll", "device", "ct-x", "--ae-title", "CTX", "--out", out.to_str().unwrap()], "stop the broker"),
+    ];
+    for (args, hint) in cases {
+        let o = tokio::task::spawn_blocking({
+            let data = data.clone();
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            move || Command::new(env!("CARGO_BIN_EXE_cleave-broker")).arg("--data-dir").arg(&data).args(&args).output().unwrap()
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} ran alongside the broker");
+        assert!(err.contains("nothing was changed") && err.contains(hint), "{args:?}: {err}");
+    }
+    let (staff, keyring) = tokio::task::spawn_blocking(move || {
+        let o = broker::open(&data, broker::MasterKeySource::KeyFile).unwrap();
+        (o.accounts.list_staff().unwrap(), std::fs::read_to_string(data.join("keys/keyring.json")).unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(staff.len(), before, "no account was added");
+    assert!(staff.iter().all(|s| !s.disabled), "no account was disabled");
+    let ring: serde_json::Value = serde_json::from_str(&keyring).unwrap();
+    assert_eq!(ring["keys"].as_array().unwrap().iter().filter(|k| k["purpose"] == "broker-data").count(), 1, "no key was rotated");
+    assert!(!out.join("ct-x.pem").exists(), "no certificate was written");
+}
