@@ -732,6 +732,7 @@ fn the_admin_resolves_the_review_queue_from_the_cli() {
     assert_eq!(studies, 3, "the three arrivals' studies are the kept identity's: {v}");
     // The admin never sees identity or clinical data.
     assert_refused(&w.cleave(&["--profile", "admin", "lookup", "--patient-id", "REV-1", "--json"], &[]), "the admin looks up a patient");
+}
 
 impl World {
     /// Stop the broker, let `between` change the data directory (as someone with the
