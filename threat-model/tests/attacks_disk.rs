@@ -2,14 +2,16 @@
 //! they have the files) and searches every byte for the identities put in through the
 //! real APIs. Canaries are searched as UTF-8 and UTF-16LE, as given, upper and lower case.
 //!
-//! Identities go in through the identity vault's library API, opened on the broker's own
-//! data directory and keyring, because the broker's identity endpoints are not wired yet.
+//! Everything goes in the way the hospital puts it in: identities registered and updated
+//! over the broker's REST API, and a real CT whose header carries the same canaries sent
+//! by a modality over STOW-RS (its identity split into the vault, the rest de-identified
+//! into the clinical store), then read back by a nurse.
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
-use identity_vault::{Demographics, Vault, VaultKeys};
 
 /// Values no file would hold by chance.
 const CANARIES: &[&str] = &[
@@ -23,19 +25,42 @@ const CANARIES: &[&str] = &[
     "allergic to zorblatt",  // free text
 ];
 
-fn canary_patient(n: usize) -> Demographics {
-    let mut d = Demographics::default();
-    d.family_name = Some(format!("{}{}", CANARIES[0], if n == 0 { String::new() } else { n.to_string() }));
-    d.given_name = Some(CANARIES[1].into());
-    d.birth_date = Some(CANARIES[2].into());
-    d.sex = Some("F".into());
-    d.address = Some(CANARIES[3].into());
-    d.phones = vec![CANARIES[4].into()];
-    d.national_id = Some(CANARIES[5].into());
-    d.issuer = Some("HOSP-A".into());
-    d.patient_id = Some(format!("{}{}", CANARIES[6], if n == 0 { String::new() } else { format!("-{n}") }));
-    d.free_text = Some(CANARIES[7].into());
-    d
+fn canary_patient(n: usize) -> serde_json::Value {
+    serde_json::json!({
+        "family_name": format!("{}{}", CANARIES[0], if n == 0 { String::new() } else { n.to_string() }),
+        "given_name": CANARIES[1],
+        "birth_date": CANARIES[2],
+        "sex": "F",
+        "address": CANARIES[3],
+        "phones": [CANARIES[4]],
+        "national_id": CANARIES[5],
+        "issuer": "HOSP-A",
+        "patient_id": format!("{}{}", CANARIES[6], if n == 0 { String::new() } else { format!("-{n}") }),
+        "free_text": CANARIES[7],
+    })
+}
+
+/// pydicom's CT_small with the canaries in its patient module and a study description.
+fn canary_ct() -> Vec<u8> {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let code = format!(
+        "import pydicom; d = pydicom.dcmread({src:?}); d.PatientName = '{fam}^{given}'; d.PatientBirthDate = '{birth}'; \
+         d.PatientAddress = '{addr}'; d.PatientTelephoneNumbers = '{phone}'; d.PatientID = '{pid}-CT'; \
+         d.OtherPatientIDs = '{nid}'; d.PatientComments = '{text}'; d.save_as({out:?})",
+        src = pydicom_file("CT_small.dcm").to_str().unwrap(),
+        fam = CANARIES[0],
+        given = CANARIES[1],
+        birth = CANARIES[2],
+        addr = CANARIES[3],
+        phone = CANARIES[4],
+        pid = CANARIES[6],
+        nid = CANARIES[5],
+        text = CANARIES[7],
+        out = out.path().to_str().unwrap(),
+    );
+    let r = std::process::Command::new("python3").args(["-c", &code]).output().expect("python3 with pydicom: run .ci/run");
+    assert!(r.status.success(), "pydicom is needed: {}", String::from_utf8_lossy(&r.stderr));
+    std::fs::read(out.path()).unwrap()
 }
 
 /// Scan every file under `dir`; return (file, canary) hits.
@@ -53,30 +78,54 @@ fn scan_dir(dir: &Path) -> Vec<(String, &'static str)> {
 
 #[tokio::test]
 async fn stolen_data_directory_holds_no_canary() {
-    let b = start(TEST_CONFIG, false).await;
-    // Some real traffic first, so the broker's own files are in their working state.
-    let _nurse = person(&b, "nurse", broker::Role::Nurse).await;
-    let keyring = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap().keyring;
-    let vault_path = b.data().join("identity/vault.sqlite");
-    let mut vault = Vault::open(&vault_path, VaultKeys::unwrap(&keyring).unwrap()).unwrap();
+    // Stores close 2 s after their last use, so the scan sees them open and closed.
+    let config = TEST_CONFIG.replace("max_body_bytes = 4096\n", "max_body_bytes = 1048576\nstore_idle_secs = 2\n");
+    assert!(config.contains("store_idle_secs = 2"), "TEST_CONFIG changed shape");
+    let b = start(&config, false).await;
+    let desk = person(&b, "desk", broker::Role::Registration).await;
+    let nurse = person(&b, "nurse", broker::Role::Nurse).await;
+    let modality = device(&b, "ct-disk").await;
     let mut ids = Vec::new();
     for n in 0..50 {
-        let id = vault.create(&canary_patient(n)).unwrap();
-        vault.pseudonym(&id).unwrap();
-        ids.push(id);
+        let r = post_json(b.addr(), desk.cfg.clone(), "/api/v1/identity/patients", Some(&desk.token), &canary_patient(n)).await;
+        assert!(r.status == 200 || r.status == 201, "registration: {} {}", r.status, r.body);
+        ids.push(r.json()["identity_id"].as_str().unwrap().to_owned());
     }
     // An update leaves old versions behind in SQLite's free pages and WAL unless sealed.
-    let mut moved = canary_patient(0);
-    moved.address = Some(format!("{} flat 2", CANARIES[3]));
-    vault.update(&ids[0], &moved).unwrap();
-    // The vault really holds the canaries (this is what the thief is after).
-    assert_eq!(vault.get(&ids[0]).unwrap().demographics.family_name.as_deref(), Some(CANARIES[0]));
+    let patch = serde_json::json!({"address": format!("{} flat 2", CANARIES[3])});
+    let r = request(
+        b.addr(),
+        desk.cfg.clone(),
+        "PATCH",
+        &format!("/api/v1/identity/patients/{}", ids[0]),
+        &[("Content-Type", "application/json"), ("Authorization", &format!("Bearer {}", desk.token))],
+        patch.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "update: {}", r.body);
+    // A modality sends a CT carrying the same values in its header.
+    let boundary = "disk-attack-boundary-41";
+    let mut body = format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
+    body.extend_from_slice(&canary_ct());
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+    let auth = format!("Bearer {}", modality.token);
+    let r = request(b.addr(), modality.cfg.clone(), "POST", "/dicomweb/studies", &[("Content-Type", &ct), ("Authorization", &auth)], &body).await;
+    assert_eq!(r.status, 200, "STOW-RS: {}", r.body);
+    // The broker really holds the canaries (this is what the thief is after): the nurse
+    // reads them back, from the registration and from the CT's header.
+    let r = get(b.addr(), nurse.cfg.clone(), &format!("/api/v1/identity/patients?family={}", CANARIES[0]), Some(&nurse.token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(CANARIES[2]), "the vault answers with the canaries: {}", r.body);
+    let r = get(b.addr(), nurse.cfg.clone(), &format!("/api/v1/identity/patients?patient_id={}-CT", CANARIES[6]), Some(&nurse.token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(CANARIES[0]), "the CT's patient is in the vault: {}", r.body);
 
     // Scan while the vault is open (the -wal and -shm exist), then after it closed.
     let files = files_under(b.data());
-    assert!(files.iter().any(|f| f.to_string_lossy().ends_with("vault.sqlite-wal")), "expected a WAL to scan: {files:?}");
+    assert!(files.iter().any(|f| f.to_string_lossy().ends_with("vault.db-wal")), "expected a WAL to scan: {files:?}");
     let open_hits = scan_dir(b.data());
-    drop(vault);
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let closed_hits = scan_dir(b.data());
 
     // The scanner is not blind: a copy of the directory with the same values in a plain
