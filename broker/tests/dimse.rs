@@ -10,7 +10,13 @@
 //! refuse the association (rejected-permanent, ACSE service provider) with an audit entry;
 //! without a passcode the device's own grant decides, and revoking it refuses the device.
 //! A malformed instance and a good one on one association: 0xC000, then success.
+//!
+//! Orthanc, configured with the broker as a DICOM TLS modality, forwards instances that land
+//! de-identified in the clinical store; storescu sends a whole directory; TLS 1.1, non-AEAD
+//! suites, no client certificate and a certificate from another CA fail the handshake.
 mod common;
+#[path = "../dimse/tests/common/orthanc.rs"]
+mod orthanc;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -417,4 +423,127 @@ async fn forged_foreign_and_revoked_tokens_refuse_the_association_and_are_audite
     let lines = pynetdicom(&b, &device, AE, None, &[]).await;
     assert_eq!(lines, ["ACCEPTED identity-response=none", "ECHO 0x0000", "RELEASED"]);
     assert!(studies(&b, &nurse_cfg, &nurse).await.is_empty(), "a refused association stored something");
+}
+
+/// Runs `openssl s_client` against the DICOM port off the async runtime (the broker answers
+/// on it), bounded by coreutils' `timeout`; stdin is empty, so a completed handshake ends.
+async fn openssl_s_client(b: &Broker, pair: Option<&Pair>, args: &[&str]) -> Output {
+    let port = b.running.dicom_addr.unwrap().port();
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "openssl", "s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "localhost", "-CAfile"]).arg(b.ca_pem());
+    if let Some(p) = pair {
+        cmd.arg("-cert").arg(&p.cert).arg("-key").arg(&p.key);
+    }
+    cmd.args(args).stdin(std::process::Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap();
+    out.expect("openssl and coreutils' timeout are required for the TLS test: apt-get install openssl coreutils")
+}
+
+/// Whether s_client reports a negotiated suite ("Cipher is (NONE)" when the handshake failed).
+fn negotiated(out: &Output) -> bool {
+    let t = text(out);
+    t.contains("Cipher is ") && !t.contains("Cipher is (NONE)")
+}
+
+/// BCP 195 (RFC 9325) on the DICOM port: TLS 1.2+ with AEAD ECDHE suites only. The refusals
+/// must come from the server (a fatal alert received after the ClientHello was sent), not from
+/// a client that never offered the old protocol: OpenSSL 3 needs security level 0 to offer
+/// TLS 1.1 at all.
+#[tokio::test]
+async fn bcp195_old_tls_and_non_aead_suites_are_refused_on_the_dicom_port() {
+    let b = start(&config(), false).await;
+    let device = certificate(&b, "ct-tls", Some(AE));
+
+    let out = openssl_s_client(&b, Some(&device), &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]).await;
+    assert!(!negotiated(&out), "TLS 1.1 was accepted: {}", text(&out));
+    assert!(text(&out).contains("SSL alert number"), "TLS 1.1 not refused by the server: {}", text(&out));
+
+    let cbc = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384:AES128-SHA:AES256-GCM-SHA384";
+    let out = openssl_s_client(&b, Some(&device), &["-tls1_2", "-cipher", cbc]).await;
+    assert!(!negotiated(&out), "a non-AEAD or non-ECDHE suite was accepted: {}", text(&out));
+    assert!(text(&out).contains("alert handshake failure"), "not refused by the server: {}", text(&out));
+
+    // The control: TLS 1.2 with an AEAD ECDHE suite works, and so does TLS 1.3.
+    let aead = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+    let out = openssl_s_client(&b, Some(&device), &["-tls1_2", "-cipher", aead]).await;
+    assert!(negotiated(&out) && text(&out).contains("Cipher is ECDHE-"), "TLS 1.2 with an AEAD ECDHE suite failed: {}", text(&out));
+    let out = openssl_s_client(&b, Some(&device), &["-tls1_3"]).await;
+    assert!(negotiated(&out) && text(&out).contains("TLSv1.3"), "TLS 1.3 failed: {}", text(&out));
+}
+
+#[tokio::test]
+async fn storescu_sends_a_directory_and_peers_without_our_certificate_fail() {
+    let b = start(&config(), false).await;
+    let device = certificate(&b, "ct-dir", Some(AE));
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm"];
+    for n in names {
+        std::fs::copy(pydicom_file(n), dir.path().join(n)).unwrap();
+    }
+
+    // No client certificate, and a self-signed one (another CA): the handshake fails.
+    let port = b.running.dicom_addr.unwrap().port().to_string();
+    let mut cmd = Command::new(dcmtk("storescu"));
+    cmd.args(["+tls", "-", "-"]).arg("+cf").arg(b.ca_pem()).args(["-to", "10", "-aet", AE, "-aec", "CLEAVE", "127.0.0.1", &port, "+sd"]).arg(dir.path());
+    let out = run(cmd).await;
+    assert!(!out.status.success(), "storescu without a client certificate was accepted: {}", text(&out));
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=intruder", "-keyout"])
+        .arg(foreign.join("k.pem"))
+        .arg("-out")
+        .arg(foreign.join("c.pem"))
+        .output()
+        .expect("openssl is required: apt-get install openssl");
+    assert!(made.status.success(), "{}", text(&made));
+    let intruder = Pair { cert: foreign.join("c.pem"), key: foreign.join("k.pem"), fingerprint: String::new() };
+    let out = run(dcmtk_cmd(&b, "echoscu", &intruder, AE)).await;
+    assert!(!out.status.success(), "a certificate from another CA was accepted: {}", text(&out));
+    std::fs::remove_dir_all(&foreign).unwrap();
+
+    // The enrolled device sends the whole directory in one association.
+    let mut cmd = dcmtk_cmd(&b, "storescu", &device, AE);
+    cmd.arg("+sd").arg(dir.path());
+    let out = run(cmd).await;
+    assert!(out.status.success(), "storescu +sd failed: {}", text(&out));
+    assert!(!text(&out).to_lowercase().contains("error"), "{}", text(&out));
+    let stored = audit_entries(&b, "?operation=ingest&outcome=allowed").await;
+    let mine = stored.iter().filter(|e| e["actor"]["cert_sha256"] == device.fingerprint.as_str() && !e["resources"].as_array().is_none_or(Vec::is_empty)).count();
+    assert_eq!(mine, names.len(), "{stored:?}");
+    let found = studies(&b, &nurse_cfg, &nurse).await;
+    assert!(found.len() >= 2, "{found:?}");
+    assert!(found.iter().all(|s| s["00100020"]["Value"][0].as_str().is_some_and(|p| p.starts_with("P1-"))), "{found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orthanc_forwards_instances_through_the_broker() {
+    let b = start(&config(), false).await;
+    let device = certificate(&b, "orthanc", Some("ORTHANC"));
+    let (nurse_cfg, nurse) = staff_login(&b, "nurse1", broker::Role::Nurse).await;
+    let port = b.running.dicom_addr.unwrap().port();
+    let ca = b.ca_pem();
+    let o = orthanc::Orthanc::start(orthanc::Peer { aet: "ORTHANC", called: "CLEAVE", port, cert: &device.cert, key: &device.key, ca: &ca }).await;
+    let ids = vec![o.upload(&pydicom_file("CT_small.dcm")), o.upload(&pydicom_file("MR_small.dcm"))];
+    let (ok, reply) = o.store_to_us(&ids).await;
+    assert!(ok && reply.contains("\"InstancesCount\" : 2") && reply.contains("\"FailedInstancesCount\" : 0"), "Orthanc to the broker failed: {reply}\n{}", o.log());
+
+    // Both patients are in the vault; their studies are in the clinical store under pseudonyms.
+    let found = studies(&b, &nurse_cfg, &nurse).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    let json = serde_json::to_string(&found).unwrap();
+    assert!(!json.contains("CompressedSamples") && !json.contains("4MR1"), "{json}");
+    for name in ["CompressedSamples%5ECT1", "CompressedSamples%5EMR1"] {
+        let r = get(b.addr(), nurse_cfg.clone(), &format!("/api/v1/identity/patients?name={name}"), Some(&nurse)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["patients"].as_array().map(Vec::len), Some(1), "{name}: {}", r.body);
+    }
+
+    // Revoked, Orthanc is refused and nothing more is stored.
+    broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap().accounts.revoke_device("orthanc").unwrap();
+    let more = vec![o.upload(&pydicom_file("SC_rgb_small_odd.dcm"))];
+    let (_, reply) = o.store_to_us(&more).await;
+    assert!(!reply.contains("\"InstancesCount\" : 1"), "a revoked Orthanc stored: {reply}");
+    assert_eq!(studies(&b, &nurse_cfg, &nurse).await.len(), 2);
 }
