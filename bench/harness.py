@@ -754,31 +754,45 @@ def make_pki(work):
 
 def bench_server(server, sets, args, work, pki):
     r = {}
-    log(f"{server.name}: STOW-RS CT, 1 client")
-    server.start()
-    server.note_peak()
-    r["stow_ct_1"], urls = stow(server, sets["ct"], 1)
-    log(f"  {r['stow_ct_1']}")
-    if sets["mammo"]:
-        log(f"{server.name}: STOW-RS mammography, 1 client")
-        r["stow_mammo_1"], _ = stow(server, sets["mammo"], 1)
-        log(f"  {r['stow_mammo_1']}")
-    for c in (1, 16):
-        log(f"{server.name}: WADO-RS, concurrency {c}")
-        r[f"wado_{c}"] = wado(server, urls, c, args.wado_requests)
-        log(f"  {r[f'wado_{c}']}")
-    if sets["big"]:
-        log(f"{server.name}: STOW-RS of the {args.big_mb} MB instance with RSS sampling")
-        r["big"] = big_upload(server, sets["big"][0])
-        log(f"  {r['big']}")
-    server.note_peak()
+    skipped = {"reason": f"not run (--section {args.section})"}
+    if args.section in ("all", "stow"):
+        log(f"{server.name}: STOW-RS CT, 1 client")
+        server.start()
+        server.note_peak()
+        r["stow_ct_1"], urls = stow(server, sets["ct"], 1)
+        log(f"  {r['stow_ct_1']}")
+        if sets["mammo"]:
+            log(f"{server.name}: STOW-RS mammography, 1 client")
+            r["stow_mammo_1"], _ = stow(server, sets["mammo"], 1)
+            log(f"  {r['stow_mammo_1']}")
+        for c in (1, 16):
+            log(f"{server.name}: WADO-RS, concurrency {c}")
+            r[f"wado_{c}"] = wado(server, urls, c, args.wado_requests)
+            log(f"  {r[f'wado_{c}']}")
+        if sets["big"]:
+            log(f"{server.name}: STOW-RS of the {args.big_mb} MB instance with RSS sampling")
+            r["big"] = big_upload(server, sets["big"][0])
+            log(f"  {r['big']}")
+        server.note_peak()
 
-    log(f"{server.name}: STOW-RS CT, 4 clients (fresh storage)")
-    server.start()
-    r["stow_ct_4"], _ = stow(server, sets["ct"], 4)
-    log(f"  {r['stow_ct_4']}")
-    server.note_peak()
+        log(f"{server.name}: STOW-RS CT, 4 clients (fresh storage)")
+        server.start()
+        r["stow_ct_4"], _ = stow(server, sets["ct"], 4)
+        log(f"  {r['stow_ct_4']}")
+        server.note_peak()
 
+    else:
+        for k in ("stow_ct_1", "stow_mammo_1", "wado_1", "wado_16", "big", "stow_ct_4"):
+            r[k] = dict(skipped)
+    if args.section not in ("all", "cstore"):
+        r["cstore"] = dict(skipped)
+        return cstore_section(server, r, args, sets, pki, work, skip_cstore=True)
+    return cstore_section(server, r, args, sets, pki, work)
+
+
+def cstore_section(server, r, args, sets, pki, work, skip_cstore=False):
+    if skip_cstore:
+        return qido_section(server, r, args)
     log(f"{server.name}: C-STORE with storescu (fresh storage)")
     server.start()
     if isinstance(server, Orthanc):
@@ -796,6 +810,15 @@ def bench_server(server, sets, args, work, pki):
     log(f"  {r['cstore']}")
     server.note_peak()
 
+    return qido_section(server, r, args)
+
+
+def qido_section(server, r, args):
+    if args.section not in ("all", "qido"):
+        r["qido"] = {"reason": f"not run (--section {args.section})"}
+        server.stop()
+        r["peak"] = {"reason": f"not measured (--section {args.section})"}
+        return r
     log(f"{server.name}: QIDO-RS with {args.qido_studies} studies (fresh storage)")
     server.start()
     ok, failed, dt, why_fail = fill_qido(server, args.qido_studies, args.qido_fill_limit)
@@ -945,6 +968,9 @@ def main():
     ap.add_argument("--wado-requests", type=int, default=400, help="WADO-RS requests per concurrency level")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny counts")
     ap.add_argument("--only", choices=["orthanc", "cleave", "both"], default="both")
+    ap.add_argument("--section", choices=["all", "stow", "cstore", "qido"], default="all",
+                    help="run one section only: stow (STOW-RS, WADO-RS, big instance), cstore (storescu "
+                         "into each server and into storescp), qido; the table goes to latest-<section>.md")
     ap.add_argument("--cleave-bin", default=os.environ.get("CLEAVE_BIN", ""))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -952,6 +978,9 @@ def main():
     if args.quick:
         args.ct, args.patients, args.mammo, args.big_mb = 40, 4, 1, 64
         args.qido_studies, args.qido_queries, args.wado_requests = 500, 60, 80
+    if args.section in ("cstore", "qido"):
+        # Only the STOW-RS section uses the mammography and big instances: do not make them.
+        args.mammo, args.big_mb = 0, 0
     for tool in ("/usr/sbin/Orthanc", "/usr/bin/storescu", "/usr/bin/storescp"):
         if not os.path.exists(tool):
             sys.exit(f"{tool} is missing: apt-get install orthanc orthanc-dicomweb dcmtk (bench/run does this)")
@@ -970,9 +999,12 @@ def main():
     sets = generate(args, os.path.join(work, "data"))
     pki = make_pki(work)
 
-    log("storescp ceiling")
-    res["storescp"] = storescp_ceiling(work, sets["ct"], pki)
-    log(f"  {res['storescp']}")
+    if args.section in ("all", "cstore"):
+        log("storescp ceiling")
+        res["storescp"] = storescp_ceiling(work, sets["ct"], pki)
+        log(f"  {res['storescp']}")
+    else:
+        res["storescp"] = {"reason": f"not run (--section {args.section})"}
 
     if args.only in ("both", "orthanc"):
         o = Orthanc(work, pki)
@@ -1005,9 +1037,10 @@ def main():
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     with open(os.path.join(args.results, f"{stamp}.json"), "w") as f:
         json.dump(res, f, indent=1)
-    with open(os.path.join(args.results, "latest.md"), "w") as f:
+    latest = "latest.md" if args.section == "all" else f"latest-{args.section}.md"
+    with open(os.path.join(args.results, latest), "w") as f:
         f.write(md + "\n")
-    log(f"wrote {args.results}/{stamp}.json and latest.md")
+    log(f"wrote {args.results}/{stamp}.json and {latest}")
 
 
 if __name__ == "__main__":

@@ -507,6 +507,38 @@ impl Accounts {
             .map_err(Error::db)?;
         Ok(())
     }
+
+    /// The grant a device's DIMSE associations run under: its most recent grant. None if
+    /// that grant was revoked (the device, or the holder of its token, withdrew it; a new
+    /// device token makes a new grant). A device with no grant yet, or whose latest grant
+    /// has expired, gets a new one valid until `expires_if_new`, as fetching a device token
+    /// over HTTPS would give it.
+    pub fn device_grant(&self, fingerprint: &str, expires_if_new: i64) -> Result<Option<GrantKey>, Error> {
+        let latest: Option<(String, i64, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT grant_id, expires, revoked FROM grants WHERE subject_kind = 'device' AND subject = ?1 ORDER BY rowid DESC LIMIT 1",
+                [fingerprint],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(Error::db)?;
+        match latest {
+            Some((_, _, revoked)) if revoked != 0 => Ok(None),
+            Some((grant_id, expires, _)) if expires > now_unix() => self.live_grant(&grant_id),
+            _ => self.create_grant(&Subject::Device(fingerprint.to_owned()), expires_if_new).map(Some),
+        }
+    }
+
+    /// Whether a grant exists and is neither revoked nor expired (without unsealing its key).
+    pub fn grant_is_live(&self, grant_id: &str) -> Result<bool, Error> {
+        let row: Option<(i64, i64)> = self
+            .conn()
+            .query_row("SELECT expires, revoked FROM grants WHERE grant_id = ?1", [grant_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(Error::db)?;
+        Ok(row.is_some_and(|(expires, revoked)| revoked == 0 && expires > now_unix()))
+    }
 }
 
 fn validate_name(s: &str, what: &str) -> Result<(), Error> {
@@ -592,5 +624,23 @@ mod tests {
             c.execute("UPDATE grants SET root_key_sealed = ?1 WHERE grant_id = ?2", params![sealed, g3.grant_id]).unwrap();
         }
         assert!(a.live_grant(&g3.grant_id).is_err());
+    }
+
+    #[test]
+    fn a_device_grant_is_made_once_reused_and_stays_revoked() {
+        let (_d, a) = open();
+        let fp = "ab".repeat(32);
+        let first = a.device_grant(&fp, now_unix() + 60).unwrap().unwrap();
+        let again = a.device_grant(&fp, now_unix() + 60).unwrap().unwrap();
+        assert_eq!(first.grant_id, again.grant_id, "a second association made a second grant");
+        assert!(a.grant_is_live(&first.grant_id).unwrap());
+        a.revoke_grant(&first.grant_id).unwrap();
+        assert!(!a.grant_is_live(&first.grant_id).unwrap());
+        assert!(a.device_grant(&fp, now_unix() + 60).unwrap().is_none(), "a revoked grant was replaced silently");
+        // A new token (a new grant) brings the device back; an expired one is renewed.
+        let newer = a.create_grant(&Subject::Device(fp.clone()), now_unix() - 1).unwrap();
+        let renewed = a.device_grant(&fp, now_unix() + 60).unwrap().unwrap();
+        assert_ne!(renewed.grant_id, newer.grant_id);
+        assert_ne!(renewed.grant_id, first.grant_id);
     }
 }

@@ -106,6 +106,13 @@ pub(crate) fn presented(headers: &HeaderMap) -> Result<Presented, Error> {
 
 /// Check the request's token against `need`. Every outcome is recorded in the audit log.
 pub(crate) fn authorize(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, need: Need) -> Result<Caller, Error> {
+    authorize_presented(state, conn, presented(headers), need)
+}
+
+/// [`authorize`] for a token that did not come in HTTP headers (DIMSE: the user identity
+/// passcode of an association, or the device's own token). The same checks, the same
+/// audit entry.
+pub(crate) fn authorize_presented(state: &AppState, conn: &ConnInfo, presented: Result<Presented, Error>, need: Need) -> Result<Caller, Error> {
     let mut event = AuditEvent::new("access", "deny");
     event.op = Some(need.op.as_str());
     event.store = Some(need.store.as_str());
@@ -114,7 +121,7 @@ pub(crate) fn authorize(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, 
     event.patients = need.patient.iter().map(|p| p.as_str().to_owned()).collect();
     event.study = need.study.as_ref().map(|s| s.as_str().to_owned());
     event.cert_sha256 = conn.client_cert.as_ref().map(|c| c.hex().to_owned());
-    let result = check(state, conn, headers, need, &mut event);
+    let result = check(state, conn, presented, need, &mut event);
     if let Err(e) = &result {
         event.reason = Some(e.to_string());
     } else {
@@ -131,7 +138,7 @@ pub(crate) fn authorize(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, 
 /// does with a "yes" is recorded by the route itself.
 pub(crate) fn also_allows(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, need: Need) -> bool {
     let mut scratch = AuditEvent::new("access", "deny");
-    check(state, conn, headers, need, &mut scratch).is_ok()
+    check(state, conn, presented(headers), need, &mut scratch).is_ok()
 }
 
 /// Whether the request's bearer token names a live grant (no signature or caveat check):
@@ -142,8 +149,8 @@ pub(crate) fn names_live_grant(state: &AppState, headers: &HeaderMap) -> bool {
     matches!(state.accounts.live_grant(&grant_id), Ok(Some(_)))
 }
 
-fn check(state: &AppState, conn: &ConnInfo, headers: &HeaderMap, need: Need, event: &mut AuditEvent) -> Result<Caller, Error> {
-    let p = presented(headers)?;
+fn check(state: &AppState, conn: &ConnInfo, presented: Result<Presented, Error>, need: Need, event: &mut AuditEvent) -> Result<Caller, Error> {
+    let p = presented?;
     let grant_id = tokens_adapter::grant_id(&p.token)?;
     event.grant_id = Some(grant_id.clone());
     let grant = state.accounts.live_grant(&grant_id)?.ok_or_else(|| {

@@ -15,6 +15,9 @@ use crate::Error;
 /// The name of the configuration file inside the data directory.
 pub const CONFIG_FILE: &str = "cleave.toml";
 
+/// The default `dicom_ae_title`.
+pub const DEFAULT_DICOM_AE_TITLE: &str = "CLEAVE";
+
 /// Everything the operator can set. Field docs double as the file's documentation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +29,10 @@ pub struct Config {
     /// The DICOM TLS listener (DIMSE C-STORE and C-ECHO for enrolled devices; same CA and
     /// server certificate as `listen`). Off unless set.
     pub dicom_listen: Option<SocketAddr>,
+    /// This server's AE title on the DICOM TLS listener: an A-ASSOCIATE-RQ whose called AE
+    /// title is anything else is rejected ("called AE title not recognized"). Up to 16
+    /// printable ASCII characters, no backslash.
+    pub dicom_ae_title: String,
     /// Extra names and addresses the server certificate is valid for (its LAN name).
     pub host_names: Vec<String>,
     /// How long a login token lives: the length of a shift.
@@ -100,6 +107,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             consultant_listen: None,
             dicom_listen: None,
+            dicom_ae_title: DEFAULT_DICOM_AE_TITLE.to_owned(),
             host_names: Vec::new(),
             shift_hours: 12,
             device_token_days: 365,
@@ -164,6 +172,10 @@ impl Config {
         if self.research_min_subjects == 0 {
             return Err(Error::Config("research_min_subjects must be at least 1 (1 turns the cohort-size check off)".into()));
         }
+        let ae = self.dicom_ae_title.trim();
+        if ae.is_empty() || ae.len() > 16 || !ae.chars().all(|c| c.is_ascii_graphic() && c != '\\' || c == ' ') {
+            return Err(Error::Config("dicom_ae_title must be 1 to 16 printable ASCII characters without backslash".into()));
+        }
         if self.max_connections == 0 || self.max_body_bytes == 0 {
             return Err(Error::Config("max_connections and max_body_bytes must be greater than zero".into()));
         }
@@ -200,6 +212,10 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "listen = \"127.0.0.1:9\"\nmax_body_byte = 5\n").unwrap();
         assert!(matches!(Config::load(dir.path()), Err(Error::Config(_))));
         std::fs::write(dir.path().join(CONFIG_FILE), "[pki]\nclient_ca = \"/x.pem\"\n").unwrap();
+        assert!(matches!(Config::load(dir.path()), Err(Error::Config(_))));
+        std::fs::write(dir.path().join(CONFIG_FILE), "dicom_ae_title = \"BACK\\\\SLASH\"\n").unwrap();
+        assert!(matches!(Config::load(dir.path()), Err(Error::Config(_))));
+        std::fs::write(dir.path().join(CONFIG_FILE), "dicom_ae_title = \"SEVENTEEN_CHARS_X\"\n").unwrap();
         assert!(matches!(Config::load(dir.path()), Err(Error::Config(_))));
         std::fs::write(dir.path().join(CONFIG_FILE), "shift_hours = 8\n").unwrap();
         assert_eq!(Config::load(dir.path()).unwrap().shift_hours, 8);

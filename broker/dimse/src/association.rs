@@ -167,6 +167,10 @@ pub(crate) fn refusal(r: Refusal) -> Pdu {
         Refusal::CallingAeTitleNotRecognized => reject(AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::CallingAETitleNotRecognized)),
         Refusal::CalledAeTitleNotRecognized => reject(AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::CalledAETitleNotRecognized)),
         Refusal::NoReasonGiven => reject(AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::NoReasonGiven)),
+        Refusal::UserIdentityNotAuthorized => reject(
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceProviderASCE(AssociationRJServiceProviderASCEReason::NoReasonGiven),
+        ),
         Refusal::TemporarilyUnavailable => reject(
             AssociationRJResult::Transient,
             AssociationRJSource::ServiceProviderPresentation(AssociationRJServiceProviderPresentationReason::TemporaryCongestion),
@@ -191,6 +195,8 @@ pub(crate) struct Context {
 }
 
 /// Negotiates the presentation contexts and builds the A-ASSOCIATE-AC.
+/// `identity_response`: the accepted user identity asked for a positive response and is of a
+/// type (1 or 2) whose server response is zero-length.
 pub(crate) fn accept(rq: &AssociationRQ, max_pdu_length: u32, identity_response: bool) -> (Pdu, Vec<Context>) {
     let mut accepted = Vec::new();
     let results = rq
@@ -223,8 +229,8 @@ pub(crate) fn accept(rq: &AssociationRQ, max_pdu_length: u32, identity_response:
         UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_owned()),
     ];
     if identity_response {
-        // User Identity server response (0x59) with an empty response: all PS3.7 D.3.3.7.2
-        // asks of types 1 and 2; for tokens we have no server response to give.
+        // User Identity server response (0x59): server-response-length 0, no response, which
+        // is what PS3.7 Table D.3-15 prescribes for identity types 1 and 2.
         user_variables.push(UserVariableItem::Unknown(0x59, vec![0, 0]));
     }
     let ac = Pdu::AssociationAC(AssociationAC {
@@ -321,5 +327,42 @@ mod tests {
             PresentationContextResultReason::AbstractSyntaxNotSupported,
             PresentationContextResultReason::TransferSyntaxesNotSupported,
         ]);
+    }
+
+    fn encode(pdu: &Pdu) -> Vec<u8> {
+        let mut buf = Vec::new();
+        dicom_ul::write_pdu(&mut buf, pdu).unwrap();
+        buf
+    }
+
+    /// Test vector: the User Identity server response sub-item of PS3.7 D.3.3.7.2 for types
+    /// 1 and 2 is 59 00 0002 0000 (type, reserved, item length 2, server-response-length 0),
+    /// and it is absent when no response was asked for.
+    #[test]
+    fn identity_response_item_matches_the_vector() {
+        let Pdu::AssociationRQ(rq) = decode(&rq_with_identity(b"x")).unwrap() else { panic!() };
+        let with = encode(&accept(&rq, 16384, true).0);
+        let without = encode(&accept(&rq, 16384, false).0);
+        let item = [0x59u8, 0x00, 0x00, 0x02, 0x00, 0x00];
+        assert!(with.ends_with(&item), "no server response item at the end of the user information");
+        assert!(!without.windows(2).any(|w| w == [0x59, 0x00]), "a response item nobody asked for");
+        assert_eq!(with.len(), without.len() + item.len());
+    }
+
+    /// Test vector (PS3.8 9.3.4): result, source, reason bytes of each refusal's A-ASSOCIATE-RJ.
+    #[test]
+    fn refusals_match_their_rj_vectors() {
+        for (r, bytes) in [
+            (Refusal::CallingAeTitleNotRecognized, [1u8, 1, 3]),
+            (Refusal::CalledAeTitleNotRecognized, [1, 1, 7]),
+            (Refusal::NoReasonGiven, [1, 1, 1]),
+            // A user identity that is not authorized: permanent, ACSE service provider, no reason.
+            (Refusal::UserIdentityNotAuthorized, [1, 2, 1]),
+            (Refusal::TemporarilyUnavailable, [2, 3, 1]),
+        ] {
+            let pdu = encode(&refusal(r));
+            assert_eq!(&pdu[..6], &[0x03, 0x00, 0, 0, 0, 4], "{r:?}");
+            assert_eq!(&pdu[7..], &bytes, "{r:?}");
+        }
     }
 }

@@ -236,11 +236,13 @@ async fn serve<S: StoreSink>(tcp: TcpStream, peer: SocketAddr, shared: Arc<Share
     let identity = match identity {
         Ok(identity) => identity,
         Err(()) => {
-            let _ = association::send_pdu(&mut tls, &association::refusal(crate::Refusal::NoReasonGiven)).await;
+            let _ = association::send_pdu(&mut tls, &association::refusal(crate::Refusal::UserIdentityNotAuthorized)).await;
             return info!(%peer, "association rejected: unreadable user identity");
         }
     };
-    let identity_response = identity.as_ref().is_some_and(|i| i.positive_response_requested());
+    let identity_response = identity.as_ref().is_some_and(|i| {
+        i.positive_response_requested() && matches!(i.kind(), crate::UserIdentityKind::Username | crate::UserIdentityKind::UsernamePasscode)
+    });
     let info = PeerInfo {
         client_cert_sha256: fingerprint,
         calling_ae_title: rq.calling_ae_title.trim().to_owned(),

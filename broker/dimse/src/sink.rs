@@ -138,8 +138,10 @@ impl UserIdentity {
         self.kind
     }
 
-    /// Whether the peer asked for a User Identity server response (we send an empty one when
-    /// the association is accepted).
+    /// Whether the peer asked for a User Identity server response. When the association is
+    /// accepted, types 1 and 2 get the zero-length response PS3.7 Table D.3-15 prescribes;
+    /// types 3 to 5 would need a Kerberos ticket, SAML response or JWT that a sink cannot
+    /// supply through this interface, so no response item is sent for them.
     pub fn positive_response_requested(&self) -> bool {
         self.positive_response_requested
     }
@@ -184,6 +186,10 @@ pub enum Refusal {
     /// Rejected (permanent), service user, "no reason given": e.g. an unknown certificate or a
     /// bad credential, where saying more would help an attacker.
     NoReasonGiven,
+    /// Rejected (permanent), service provider (ACSE related function), "no reason given":
+    /// the user identity of the A-ASSOCIATE-RQ (PS3.7 D.3.3.7) was not accepted, the way
+    /// PS3.7 says an acceptor rejects a user identity it does not authorize.
+    UserIdentityNotAuthorized,
     /// Rejected (transient), service provider, "temporary congestion": try again later.
     TemporarilyUnavailable,
 }

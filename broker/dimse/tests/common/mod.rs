@@ -4,6 +4,8 @@
 //! the peer is not installed.
 #![allow(dead_code)]
 
+pub mod orthanc;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Output;
