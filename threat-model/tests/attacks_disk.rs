@@ -101,7 +101,8 @@ async fn stolen_data_directory_holds_no_canary() {
         &[("Content-Type", "application/json"), ("Authorization", &format!("Bearer {}", desk.token))],
         patch.to_string().as_bytes(),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "update: {}", r.body);
     // A modality sends a CT carrying the same values in its header.
     let boundary = "disk-attack-boundary-41";
@@ -110,7 +111,7 @@ async fn stolen_data_directory_holds_no_canary() {
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let ct = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
     let auth = format!("Bearer {}", modality.token);
-    let r = request(b.addr(), modality.cfg.clone(), "POST", "/dicomweb/studies", &[("Content-Type", &ct), ("Authorization", &auth)], &body).await;
+    let r = request(b.addr(), modality.cfg.clone(), "POST", "/dicomweb/studies", &[("Content-Type", &ct), ("Authorization", &auth)], &body).await.unwrap();
     assert_eq!(r.status, 200, "STOW-RS: {}", r.body);
     // The broker really holds the canaries (this is what the thief is after): the nurse
     // reads them back, from the registration and from the CT's header.
