@@ -366,29 +366,17 @@ class Cleave(Server):
         self.port = free_port()
         self.dicom = free_port()
         self.logf = open(os.path.join(self.work, "cleave.log"), "w")
-        # Exactly as the README starts it (plus loopback ports chosen here).
-        self.proc = subprocess.Popen(
-            [self.binary, "--data-dir", self.data, "serve", "--listen", f"127.0.0.1:{self.port}",
-             "--dicom-listen", f"127.0.0.1:{self.dicom}"],
-            stdout=self.logf, stderr=subprocess.STDOUT,
-        )
-        PROCS.append(self.proc)
-        self.ca = os.path.join(self.data, "pki", "ca.pem")
-        end = time.time() + 120
-        while not os.path.exists(self.ca) and time.time() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError("cleave-broker exited at start; see cleave.log")
-            time.sleep(0.2)
-        # First-run setup is finished once the HTTPS listener accepts; enrolling earlier
-        # could race it.
-        while time.time() < end:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("cleave-broker exited at start; see cleave.log")
-                time.sleep(0.2)
+        # First run exactly as the README starts it (plus loopback ports chosen here): it
+        # creates the data directory, CA, keys and bootstrap administrator.
+        self._serve()
+        # The operator commands below are audited and refuse while a broker holds the
+        # audit log, as a hospital's operator would see: stop, enroll, start again.
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.base = f"https://localhost:{self.port}"
         certs = os.path.join(self.work, "cleave-certs")
         shutil.rmtree(certs, ignore_errors=True)
@@ -397,6 +385,7 @@ class Cleave(Server):
         self.cli("user", "add", "benchdoc", "--role", "doctor", "--department", "radiology", "--out", certs)
         self.cli("enroll", "person", "benchdoc", "--out", certs)
         self.doc = (os.path.join(certs, "benchdoc.pem"), os.path.join(certs, "benchdoc.key"))
+        self._serve()
         creds = {}
         with open(os.path.join(certs, "benchdoc-credentials.txt")) as f:
             for line in f:
@@ -420,6 +409,30 @@ class Cleave(Server):
             raise RuntimeError(f"doctor login refused ({r.status_code} {r.text[:200]})")
         self.doc_token = r.json()["token"]
         self.dicomweb = self.base + "/dicomweb"
+
+    def _serve(self):
+        self.proc = subprocess.Popen(
+            [self.binary, "--data-dir", self.data, "serve", "--listen", f"127.0.0.1:{self.port}",
+             "--dicom-listen", f"127.0.0.1:{self.dicom}"],
+            stdout=self.logf, stderr=subprocess.STDOUT,
+        )
+        PROCS.append(self.proc)
+        self.ca = os.path.join(self.data, "pki", "ca.pem")
+        end = time.time() + 120
+        while not os.path.exists(self.ca) and time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError("cleave-broker exited at start; see cleave.log")
+            time.sleep(0.2)
+        # Setup is finished once the HTTPS listener accepts.
+        while time.time() < end:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("cleave-broker exited at start; see cleave.log")
+                time.sleep(0.2)
+        raise RuntimeError("cleave-broker did not listen within 120 s; see cleave.log")
 
     def session(self, role="modality"):
         s = _session()
