@@ -40,6 +40,7 @@ pub(crate) struct Ingested {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     pub study_uid: String,
+    pub series_uid: String,
     pub pseudonym: String,
     #[allow(dead_code)] // the DIMSE sink contract has no warning status to report it with yet
     pub already_stored: bool,
@@ -165,6 +166,7 @@ impl Pipeline {
             sop_class_uid: summary.sop_class_uid,
             sop_instance_uid: summary.sop_instance_uid,
             study_uid: summary.study_instance_uid,
+            series_uid: summary.series_instance_uid,
             pseudonym,
             already_stored: matches!(put, PutOutcome::AlreadyStored),
             flagged,

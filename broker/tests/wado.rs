@@ -77,7 +77,12 @@ async fn stow(b: &Broker, cfg: Arc<ClientConfig>, token: &str, files: &[Vec<u8>]
         .iter()
         .map(|i| {
             let url = i["00081190"]["Value"][0].as_str().unwrap();
-            (url.trim_start_matches("/dicomweb/studies/").to_owned(), i["00081155"]["Value"][0].as_str().unwrap().to_owned())
+            let sop = i["00081155"]["Value"][0].as_str().unwrap().to_owned();
+            // PS3.18: the instance's own URL, /dicomweb/studies/{study}/series/{series}/instances/{sop}.
+            let rest = url.strip_prefix("/dicomweb/studies/").unwrap_or_else(|| panic!("not a study URL: {url}"));
+            let parts: Vec<&str> = rest.split('/').collect();
+            assert_eq!((parts.len(), parts[1], parts[3], parts[4]), (5, "series", "instances", sop.as_str()), "{url}");
+            (parts[0].to_owned(), sop)
         })
         .collect()
 }

@@ -137,7 +137,8 @@ pub async fn stow(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, 
                 e.patients = vec![done.pseudonym.clone()];
                 e.study = Some(done.study_uid.clone());
                 s.audit.record(&e)?;
-                let url = format!("/dicomweb/studies/{}", done.study_uid);
+                // PS3.18: each referenced instance's RetrieveURL is the instance's own URL.
+                let url = format!("/dicomweb/studies/{}/series/{}/instances/{}", done.study_uid, done.series_uid, done.sop_instance_uid);
                 stored.push(json!({
                     "00081150": ui(&done.sop_class_uid),
                     "00081155": ui(&done.sop_instance_uid),
