@@ -40,19 +40,6 @@ fn dcmtk(tool: &str) -> PathBuf {
     p
 }
 
-fn pydicom_file(name: &str) -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", &format!("from pydicom.data import get_testdata_file; print(get_testdata_file({name:?}))")])
-        .output()
-        .expect("python3 is needed: run .ci/run or install python3");
-    assert!(
-        out.status.success(),
-        "pydicom is needed for real DICOM samples: pip install pydicom (or run .ci/run): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 /// Runs a dcmtk tool with TCP_NODELAY=1 (dcmtk reads it) off the async runtime.
 async fn run(mut cmd: Command) -> Output {
     cmd.env("TCP_NODELAY", "1");

@@ -6,24 +6,10 @@
 //! with nothing stored.
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::*;
 use rustls::ClientConfig;
-
-fn pydicom_file(name: &str) -> PathBuf {
-    let out = std::process::Command::new("python3")
-        .args(["-c", &format!("from pydicom.data import get_testdata_file; print(get_testdata_file({name:?}))")])
-        .output()
-        .expect("python3 is needed: run .ci/run or install python3");
-    assert!(
-        out.status.success(),
-        "pydicom is needed for real DICOM samples: pip install pydicom (or run .ci/run): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 const BOUNDARY: &str = "cleave-test-boundary-7d1f";
 
@@ -49,19 +35,6 @@ async fn stow(b: &Broker, cfg: Arc<ClientConfig>, token: &str, parts: &[(&str, &
 fn studies(a: &Answer) -> Vec<serde_json::Value> {
     assert_eq!(a.status, 200, "{}", a.body);
     a.json().as_array().cloned().unwrap_or_default()
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -338,19 +338,6 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     }
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn dicomweb_client_stores_searches_and_retrieves() {
     let ok = std::process::Command::new("python3").args(["-c", "import dicomweb_client, pydicom, requests"]).status().map(|s| s.success()).unwrap_or(false);

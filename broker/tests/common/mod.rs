@@ -306,6 +306,20 @@ pub async fn staff_login_json(b: &Broker, username: &str, role: broker::Role) ->
     (cfg, r.json())
 }
 
+/// Every file under `dir`, recursively (for scanning a data directory's bytes).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The real DICOM file `name` from pydicom's test data; fails naming what to install.
 pub fn pydicom_file(name: &str) -> PathBuf {
     let out = std::process::Command::new("python3")
