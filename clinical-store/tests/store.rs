@@ -248,10 +248,12 @@ fn tampered_sealed_fields_are_refused() {
 
     // A study description moved to another study's row, then a flipped bit in place.
     let c = db(dir.path());
+    // Row ids are random, so order by which study is which: study 2 (the one checked as
+    // untouched at the end) comes last.
     let descs: Vec<(String, Vec<u8>)> = c
-        .prepare("SELECT id, description FROM studies")
+        .prepare("SELECT id, description FROM studies ORDER BY study_uid = ?1")
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map([meta(1, 2, 1, 2).study_uid], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
