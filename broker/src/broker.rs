@@ -230,7 +230,6 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
         vault: stores.vault.clone(),
         clinical: stores.clinical.clone(),
         keyring,
-        spool_dir: opened.data_dir.join("spool"),
         limits: cleave_deid::Limits::default(),
     };
     let state = AppState::new(config.clone(), opened.accounts, audit, trail, stores, pipeline);

@@ -1,38 +1,37 @@
 //! The ingest pipeline: one PS3.10 instance in, identity to the vault, a de-identified
 //! object to the clinical store, one audit entry. STOW-RS and DIMSE C-STORE both use it.
 //!
-//! Why two passes. The de-identified object carries the patient's pseudonym as its Patient
-//! ID, but the pseudonym is only known once the vault has matched the identity in that same
-//! header, and the vault must not be written for an object that later turns out to be
-//! malformed (a truncated pixel stream is only seen at the end). So:
+//! One pass, while the object arrives. The de-identified object carries the patient's
+//! pseudonym as its Patient ID, but the pseudonym is only known once the vault has matched
+//! the identity in that same header, and the vault must not be written for an object that
+//! later turns out to be malformed (a truncated pixel stream is only seen at the end). So:
 //!
-//! 1. The network stream is read once, through a tee into an encrypted spool, while
-//!    `cleave_deid::split` checks the whole object into a null sink (with a placeholder
-//!    pseudonym). Any malformation is found here, before either store is touched.
+//! 1. The network stream goes through `cleave_deid::split` straight into a clinical-store
+//!    [`PendingBlob`](clinical_store::PendingBlob), de-identified and encrypted as it
+//!    arrives, with a *marker* as its Patient ID: a random string exactly as long as the
+//!    pseudonym will be, which the sender cannot guess. Any malformation is found here,
+//!    before the vault or the index is touched; the pending blob is then deleted.
 //! 2. The vault matches (or creates) the identity, gives the pseudonym, and records the
-//!    study link (accession number and original UIDs, sealed).
-//! 3. The spool is split again, for real, into the clinical store's encrypted blob, which
-//!    the store commits together with its index row. The split is deterministic, so pass 2
-//!    sees exactly what pass 1 accepted.
-//! 4. The audit entry is appended (fsync'd) before the caller is told "stored".
+//!    study link (accession number and original UIDs, sealed). As soon as the pseudonym
+//!    is known, and while the vault commits the link on its own thread, the pending blob
+//!    gets the pseudonym where the marker was (the chunks holding it were kept back in
+//!    memory, so no chunk is sealed twice) and is made durable.
+//! 3. Once both are durable, the index row is committed.
+//! 4. The caller appends the audit entry (fsync'd) before telling the sender "stored".
 //!
-//! The spool is an unlinked temporary file (O_TMPFILE where available) encrypted with
-//! XChaCha20 under a key that exists only in this process's memory: no plaintext temporary
-//! file, and nothing left behind by a crash. Memory stays bounded by the split's header
-//! limit plus copy buffers, whatever the size of the pixel data.
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+//! Nothing is spooled: no temporary copy of the object, encrypted or not, exists besides
+//! the blob being written, and each byte is parsed and encrypted once. Most of the blob is
+//! on its way to disk when the last byte arrives (the pending blob starts writeback as it
+//! goes), so what the sender waits for after it is the vault, two overlapped fsyncs and
+//! the index commit. Memory stays bounded by the split's header limit
+//! plus a chunk or two, whatever the size of the pixel data.
+use std::io::Read;
 
-use chacha20::cipher::{KeyIvInit, StreamCipher};
-use chacha20::XChaCha20;
 use cleave_deid::{split, ExtractedIdentity, Limits, Options, UidMapper};
 use cleave_keys::{KeyPurpose, Keyring};
 use clinical_store::{InstanceMeta, PutOutcome};
 use identity_vault::{Demographics, MatchOutcome, OtherId, StudyLink};
 use zeroize::Zeroizing;
-
-/// Stands in for the pseudonym during the checking pass; never stored.
-const PLACEHOLDER_PSEUDONYM: &str = "P0-00000000000000000000000000000000";
 
 /// What happened to one instance. No PHI: derived UIDs and the pseudonym only.
 #[derive(Debug)]
@@ -72,7 +71,6 @@ pub(crate) struct Pipeline {
     pub vault: std::sync::Arc<cleave_keys::OnDemand<identity_vault::Vault, identity_vault::Error>>,
     pub clinical: std::sync::Arc<cleave_keys::OnDemand<clinical_store::ClinicalStore, clinical_store::Error>>,
     pub keyring: std::sync::Arc<Keyring>,
-    pub spool_dir: std::path::PathBuf,
     pub limits: Limits,
 }
 
@@ -86,15 +84,22 @@ impl Pipeline {
             .map_err(|e| IngestError::Storage(format!("UID key: {e}")))?;
         let uids = UidMapper::new(uid_key.key);
 
-        // Pass 1: spool and check.
-        let mut spool = Spool::create(&self.spool_dir).map_err(|e| IngestError::Storage(format!("spool: {e}")))?;
+        // Pass 1: de-identify and encrypt into a pending blob as the object arrives.
+        let marker = pseudonym_marker(self.keyring.current_version(KeyPurpose::Link));
+        let mut pending = self
+            .clinical
+            .with(|st| st.begin_instance(&marker))
+            .and_then(|r| r)
+            .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?;
         let checked = {
-            let mut tee = Tee { input, spool: &mut spool };
-            let outcome = split(&mut tee, std::io::sink(), &opts, &uids, PLACEHOLDER_PSEUDONYM, &self.limits)
-                .map_err(IngestError::BadObject)?;
+            let outcome = split(&mut *input, &mut pending, &opts, &uids, &marker, &self.limits).map_err(|e| match e {
+                // The blob could not be written: our failure, not the sender's.
+                cleave_deid::Error::Io { action: "writing the output", .. } => IngestError::Storage(format!("clinical store: {e}")),
+                e => IngestError::BadObject(e),
+            })?;
             // The split reads to the end of the dataset; anything after it is not DICOM.
             let mut rest = [0u8; 1];
-            match tee.read(&mut rest) {
+            match input.read(&mut rest) {
                 Ok(0) => {}
                 Ok(_) => return Err(IngestError::BadObject(cleave_deid::Error::NotPart10)),
                 Err(e) => return Err(IngestError::Storage(format!("reading the request: {e}"))),
@@ -104,37 +109,55 @@ impl Pipeline {
         let summary = checked.summary;
         let identity = checked.identity;
 
-        // Pass 2a: the vault decides who this is.
+        // Pass 2: the vault decides who this is.
         let demographics = demographics_of(&identity);
         let original_series = identity.series_instance_uid.to_string();
         let original_sop = identity.sop_instance_uid.to_string();
         let original_study = Zeroizing::new(identity.study_instance_uid.to_string());
         let accession = identity.accession_number.as_ref().map(|a| Zeroizing::new(a.to_string()));
         let clinical_study = summary.study_instance_uid.clone();
-        let (pseudonym, flagged) = self
-            .vault
-            .with(move |v| {
-                let m = v.match_or_create(&demographics)?;
-                let id = m.identity();
-                let p = v.pseudonym(&id)?;
-                let series = [original_series.as_str()];
-                let sops = [original_sop.as_str()];
-                v.link_study(
-                    &id,
-                    &StudyLink {
-                        accession_number: accession.as_ref().map(|a| a.as_str()).filter(|a| !a.trim().is_empty()),
-                        original_study_uid: &original_study,
-                        clinical_study_uid: &clinical_study,
-                        original_series_uids: &series,
-                        original_instance_uids: &sops,
-                    },
-                )?;
-                Ok::<_, identity_vault::Error>((p.as_str().to_owned(), flag_of(&m)))
-            })
-            .and_then(|r| r)
+        // The vault's last write (the study link) commits on its own thread while this one
+        // puts the pseudonym into the blob and makes it durable: the sender waits for one
+        // disk round trip instead of two. The index row below is committed only once both
+        // have succeeded, so it never points at a patient or a blob that could be lost.
+        let (named_tx, named_rx) = std::sync::mpsc::sync_channel::<String>(1);
+        let vault = self.vault.clone();
+        let (decided, finished) = std::thread::scope(|s| {
+            let job = s.spawn(move || {
+                vault
+                    .with(move |v| {
+                        let m = v.match_or_create(&demographics)?;
+                        let id = m.identity();
+                        let p = v.pseudonym(&id)?;
+                        let _ = named_tx.send(p.as_str().to_owned());
+                        let series = [original_series.as_str()];
+                        let sops = [original_sop.as_str()];
+                        v.link_study(
+                            &id,
+                            &StudyLink {
+                                accession_number: accession.as_ref().map(|a| a.as_str()).filter(|a| !a.trim().is_empty()),
+                                original_study_uid: &original_study,
+                                clinical_study_uid: &clinical_study,
+                                original_series_uids: &series,
+                                original_instance_uids: &sops,
+                            },
+                        )?;
+                        Ok::<_, identity_vault::Error>((p.as_str().to_owned(), flag_of(&m)))
+                    })
+                    .and_then(|r| r)
+            });
+            // No name means the vault failed first; the pending blob is then dropped (deleted).
+            let finished = named_rx.recv().ok().map(|p| pending.finish(&p));
+            (job.join(), finished)
+        });
+        let (pseudonym, flagged) = decided
+            .map_err(|_| IngestError::Storage("identity vault: the matching thread failed".into()))?
             .map_err(|e| IngestError::Storage(format!("identity vault: {e}")))?;
+        let finished = finished
+            .ok_or_else(|| IngestError::Storage("identity vault: no pseudonym was issued".into()))?
+            .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?;
 
-        // Pass 2b: the de-identified object into the clinical store.
+        // Pass 3: the index row, naming the durable blob under the pseudonym.
         let meta = InstanceMeta {
             pseudonym: pseudonym.clone(),
             sex: summary.sex.clone(),
@@ -154,13 +177,10 @@ impl Pipeline {
             frames: summary.number_of_frames,
             not_for_research: summary.not_for_research,
         };
-        let mut reader = spool.into_reader().map_err(|e| IngestError::Storage(format!("spool: {e}")))?;
-        let limits = self.limits.clone();
-        let p2 = pseudonym.clone();
         let put = self
             .clinical
-            .with(move |st| st.put_instance(meta, |w| split(&mut reader, w, &opts, &uids, &p2, &limits).map(|_| ())))
-            .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?
+            .with(move |st| st.commit_instance(finished, meta))
+            .and_then(|r| r)
             .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?;
         Ok(Ingested {
             sop_class_uid: summary.sop_class_uid,
@@ -213,73 +233,14 @@ fn demographics_of(i: &ExtractedIdentity) -> Demographics {
     d
 }
 
-/// Reads the request and writes what it read into the spool.
-struct Tee<'a> {
-    input: &'a mut dyn Read,
-    spool: &'a mut Spool,
-}
-
-impl Read for Tee<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.input.read(buf)?;
-        self.spool.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-/// An encrypted, unlinked temporary file: written once, then read back once.
-struct Spool {
-    file: std::fs::File,
-    key: Zeroizing<[u8; 32]>,
-    nonce: [u8; 24],
-    cipher: XChaCha20,
-    buf: Zeroizing<Vec<u8>>,
-}
-
-impl Spool {
-    fn create(dir: &Path) -> std::io::Result<Spool> {
-        cleave_keys::durable::create_private_dir(dir)?;
-        let file = tempfile::tempfile_in(dir)?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        cleave_keys::random_bytes(&mut key[..]);
-        let mut nonce = [0u8; 24];
-        cleave_keys::random_bytes(&mut nonce);
-        let cipher = XChaCha20::new((&*key).into(), (&nonce).into());
-        Ok(Spool { file, key, nonce, cipher, buf: Zeroizing::new(Vec::with_capacity(64 * 1024)) })
-    }
-
-    fn into_reader(mut self) -> std::io::Result<SpoolReader> {
-        self.file.flush()?;
-        self.file.seek(SeekFrom::Start(0))?;
-        let cipher = XChaCha20::new((&*self.key).into(), (&self.nonce).into());
-        Ok(SpoolReader { file: std::io::BufReader::with_capacity(256 * 1024, self.file), cipher })
-    }
-}
-
-impl Write for Spool {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.clear();
-        self.buf.extend_from_slice(data);
-        self.cipher.apply_keystream(&mut self.buf);
-        self.file.write_all(&self.buf)?;
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-struct SpoolReader {
-    file: std::io::BufReader<std::fs::File>,
-    cipher: XChaCha20,
-}
-
-impl Read for SpoolReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.cipher.apply_keystream(&mut buf[..n]);
-        Ok(n)
-    }
+/// A stand-in for the pseudonym while the object is written: the shape of a pseudonym of
+/// link key `version` (`P<version>-<32 hex>`, identity-vault FORMAT.md), so exactly as long
+/// as the real one, with 128 random bits the sender cannot guess and so cannot plant in the
+/// object. It contains one `P`, at its start, so it never overlaps itself.
+fn pseudonym_marker(version: u32) -> String {
+    let mut random = [0u8; 16];
+    cleave_keys::random_bytes(&mut random);
+    format!("P{version}-{}", hex::encode(random))
 }
 
 #[cfg(test)]
@@ -287,22 +248,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spool_round_trips_and_holds_no_plaintext() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::create(dir.path()).unwrap();
-        let data: Vec<u8> = b"CANARYSPOOL ".iter().cycle().take(300_000).copied().collect();
-        for chunk in data.chunks(7_777) {
-            s.write_all(chunk).unwrap();
-        }
-        // The file is unlinked: nothing in the spool directory, whatever happens next.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        s.file.seek(SeekFrom::Start(0)).unwrap();
-        let mut raw = Vec::new();
-        s.file.read_to_end(&mut raw).unwrap();
-        assert_eq!(raw.len(), data.len());
-        assert!(!raw.windows(11).any(|w| w == b"CANARYSPOOL"), "spool bytes must be encrypted");
-        let mut back = Vec::new();
-        s.into_reader().unwrap().read_to_end(&mut back).unwrap();
-        assert_eq!(back, data);
+    fn the_marker_has_the_pseudonym_shape_and_is_fresh_each_time() {
+        let a = pseudonym_marker(1);
+        assert_eq!(a.len(), "P1-".len() + 32);
+        assert!(a.starts_with("P1-") && a[3..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(a, pseudonym_marker(1));
+        assert_eq!(pseudonym_marker(12).len(), "P12-".len() + 32);
     }
 }

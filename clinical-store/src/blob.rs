@@ -524,5 +524,8 @@ pub(crate) fn encrypt_to_vec(key: &VersionedKey, id: BlobId, chunk_size: u32, bl
     Ok(())
 }
 
+mod pending;
+pub use pending::{FinishedBlob, PendingBlob};
+
 #[cfg(test)]
 mod tests;

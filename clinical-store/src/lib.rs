@@ -26,7 +26,7 @@ mod schema;
 mod store;
 mod validate;
 
-pub use blob::{BlobReader, BlobWriter, DEFAULT_CHUNK_SIZE};
+pub use blob::{BlobReader, BlobWriter, FinishedBlob, PendingBlob, DEFAULT_CHUNK_SIZE};
 pub use error::Error;
 pub use keys::StoreKeys;
 pub use records::{

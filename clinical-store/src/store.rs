@@ -12,7 +12,7 @@ use cleave_keys::{durable, Keyring, OnDemand, SealContext, SecretBytes};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use zeroize::Zeroizing;
 
-use crate::blob::{BlobId, BlobReader, BlobWriter};
+use crate::blob::{BlobId, BlobReader, BlobWriter, FinishedBlob, PendingBlob};
 use crate::records::*;
 use crate::{schema, validate, Error, StoreKeys};
 
@@ -43,6 +43,7 @@ impl ClinicalStore {
     pub fn open(dir: &Path, keys: StoreKeys) -> Result<ClinicalStore, Error> {
         let store = Self::open_unswept(dir, keys)?;
         store.sweep()?;
+        store.create_shards()?;
         Ok(store)
     }
 
@@ -145,15 +146,7 @@ impl ClinicalStore {
         }
         let id = BlobId::random();
         let dest = self.blob_path(id);
-        if let Some(dir) = dest.parent() {
-            if !dir.is_dir() {
-                match std::fs::create_dir(dir) {
-                    Ok(()) => durable::fsync_dir(&self.blobs).map_err(|e| Error::io("syncing", &self.blobs, e))?,
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::io("creating", dir, e)),
-                }
-            }
-        }
+        self.ensure_shard(&dest)?;
         let mut w = BlobWriter::create(dest.clone(), self.keys.current_blob_key(), id)?;
         write_blob(&mut w).map_err(|e| Error::Producer(e.into()))?;
         let written = w.finish()?;
@@ -169,6 +162,69 @@ impl ClinicalStore {
                 Err(e)
             }
         }
+    }
+
+    /// Starts an instance whose pseudonym the caller does not know yet, to be written in one
+    /// pass as it arrives: the caller writes the de-identified object with `marker` (a
+    /// random string exactly as long as the pseudonym will be) as its Patient ID, then
+    /// [`PendingBlob::finish`]es it with the pseudonym and hands it to
+    /// [`ClinicalStore::commit_instance`]. Only this call and the commit need the store; the
+    /// writing between them holds no lock and keeps only a key for this one blob.
+    pub fn begin_instance(&self, marker: &str) -> Result<PendingBlob, Error> {
+        let id = BlobId::random();
+        let dest = self.blob_path(id);
+        self.ensure_shard(&dest)?;
+        PendingBlob::create(dest, self.keys.current_blob_key(), id, marker.as_bytes())
+    }
+
+    /// Files a finished blob under `meta` (whose pseudonym must be the one the blob was
+    /// finished with) in one index transaction. `AlreadyStored` if the SOP instance is
+    /// already filed; the new blob is then deleted and the stored one kept.
+    pub fn commit_instance(&mut self, blob: FinishedBlob, meta: InstanceMeta) -> Result<PutOutcome, Error> {
+        validate_meta(&meta)?;
+        if blob.pseudonym != meta.pseudonym {
+            return Err(Error::InvalidInput { field: "pseudonym", rule: "it must be the one the blob was finished with" });
+        }
+        let outcome = self.index_instance(&meta, blob.id, blob.written.plaintext_len)?;
+        if matches!(outcome, PutOutcome::Stored { .. }) {
+            blob.keep();
+        }
+        Ok(outcome)
+    }
+
+    /// Creates every blob shard directory (`blobs/00` to `blobs/ff`) that is missing, so
+    /// that storing an instance does not first have to create a directory and sync its
+    /// parent (two more disk round trips for each of a new store's first few hundred).
+    fn create_shards(&self) -> Result<(), Error> {
+        let mut made = false;
+        for b in 0..=255u8 {
+            let dir = self.blobs.join(format!("{b:02x}"));
+            if !dir.is_dir() {
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => made = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io("creating", &dir, e)),
+                }
+            }
+        }
+        if made {
+            durable::fsync_dir(&self.blobs).map_err(|e| Error::io("syncing", &self.blobs, e))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the blob's shard directory (`blobs/xx/`) if it is missing, durably.
+    fn ensure_shard(&self, dest: &Path) -> Result<(), Error> {
+        if let Some(dir) = dest.parent() {
+            if !dir.is_dir() {
+                match std::fs::create_dir(dir) {
+                    Ok(()) => durable::fsync_dir(&self.blobs).map_err(|e| Error::io("syncing", &self.blobs, e))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io("creating", dir, e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn index_instance(&mut self, m: &InstanceMeta, blob: BlobId, size: u64) -> Result<PutOutcome, Error> {
@@ -564,7 +620,7 @@ impl ClinicalStore {
     }
 }
 
-fn remove_blob(path: &Path) {
+pub(crate) fn remove_blob(path: &Path) {
     if std::fs::remove_file(path).is_ok() {
         if let Some(dir) = path.parent() {
             let _ = durable::fsync_dir(dir);

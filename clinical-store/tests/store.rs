@@ -99,6 +99,60 @@ fn a_failed_producer_or_conflict_leaves_nothing_behind() {
     assert_eq!(blob_files(&dir.path().join("store")).len(), 1);
 }
 
+/// The one-pass path the broker's ingest uses: begin with a marker, write, finish with the
+/// pseudonym, commit. What is read back has the pseudonym where the marker was; a duplicate,
+/// a conflict or an abandoned write leaves no file; a write in progress survives the store
+/// closing and opening again in the same process.
+#[test]
+fn a_pending_instance_gets_its_pseudonym_and_leaves_nothing_when_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = keyring(dir.path());
+    let mut store = open(dir.path(), &ring);
+    let marker = "P1-5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+    let m = meta(1, 1, 1, 1);
+    let body = |with: &str| {
+        let mut b = Payload::bytes("pending", 300_000);
+        b[70_000..70_000 + with.len()].copy_from_slice(with.as_bytes());
+        b[131_000..131_000 + with.len()].copy_from_slice(with.as_bytes());
+        b
+    };
+    let mut p = store.begin_instance(marker).unwrap();
+    p.write_all(&body(marker)).unwrap();
+    let done = p.finish(&m.pseudonym).unwrap();
+    assert_eq!(store.commit_instance(done, m.clone()).unwrap(), PutOutcome::Stored { size: 300_000 });
+    let mut got = Vec::new();
+    store.open_instance(&m.sop_instance_uid).unwrap().read_to_end(&mut got).unwrap();
+    assert!(got == body(&m.pseudonym), "the pseudonym is where the marker was, and only there");
+
+    // The same instance again: AlreadyStored, and the second blob is gone.
+    let mut p = store.begin_instance(marker).unwrap();
+    p.write_all(&body(marker)).unwrap();
+    let done = p.finish(&m.pseudonym).unwrap();
+    assert_eq!(store.commit_instance(done, m.clone()).unwrap(), PutOutcome::AlreadyStored);
+    assert_eq!(blob_files(&dir.path().join("store")).len(), 1);
+
+    // A conflict (same study, other patient) and a pseudonym other than the blob's: refused,
+    // nothing left behind.
+    let mut other = meta(2, 1, 1, 9);
+    other.study_uid = m.study_uid.clone();
+    let mut p = store.begin_instance(marker).unwrap();
+    p.write_all(&body(marker)).unwrap();
+    let done = p.finish(&other.pseudonym).unwrap();
+    assert!(matches!(store.commit_instance(done, other.clone()), Err(Error::Conflict(_))));
+    let mut p = store.begin_instance(marker).unwrap();
+    p.write_all(&body(marker)).unwrap();
+    let done = p.finish(&pseudonym(7)).unwrap();
+    assert!(matches!(store.commit_instance(done, meta(3, 3, 3, 3)), Err(Error::InvalidInput { .. })));
+    assert_eq!(blob_files(&dir.path().join("store")).len(), 1);
+
+    // Abandoned mid-write (a cut connection): its temporary file goes with it.
+    let mut p = store.begin_instance(marker).unwrap();
+    p.write_all(&body(marker)[..100_000]).unwrap();
+    drop(p);
+    assert_eq!(blob_files(&dir.path().join("store")).len(), 1);
+    assert_eq!(std::fs::read_dir(dir.path().join("store/blobs")).unwrap().count(), 256, "all shard directories exist");
+}
+
 fn note(p: &str, text: &str, at: &str) -> NewNote {
     NewNote { pseudonym: p.into(), study_uid: None, author: "acct-7f3a".into(), written_at: at.into(), text: Zeroizing::new(text.into()) }
 }

@@ -4,7 +4,7 @@
 //! with, the original plaintext and the expected outcome. Good vectors must decrypt to the
 //! plaintext and re-encrypt (with their recorded blob nonce) to the same bytes; `fail_*`
 //! vectors must fail with the recorded error, releasing nothing but a prefix of the plaintext.
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -284,4 +284,104 @@ fn write_vectors() {
         "5ca1ab1e0ddba11c0ffee15bad5eed01",
         1,
     );
+}
+
+/// A pending blob must come out byte for byte as the ordinary encoder would seal the
+/// plaintext with the marker replaced: same chunks, same nonces, nothing sealed twice.
+#[test]
+fn a_pending_blob_equals_the_ordinary_encoding_of_the_replaced_plaintext() {
+    let k = key(&"33".repeat(32), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = b"P1-0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let real = b"P1-aaaabbbbccccddddeeeeffff00001111";
+    let l = marker.len();
+    let mut case = 0u32;
+    // (plaintext length, where markers start): start, middle, straddling each chunk
+    // boundary by every amount, at the very end, several at once, none but one.
+    let mut layouts: Vec<(usize, Vec<usize>)> = vec![(l, vec![0]), (63, vec![10]), (64, vec![64 - l]), (200, vec![0, 64, 128])];
+    for cut in 1..l {
+        layouts.push((64 * 3 + 5, vec![64 - cut]));
+        layouts.push((64 * 3 + 5, vec![128 - cut, 20]));
+        layouts.push((64 * 3, vec![192 - l, 64 - cut]));
+    }
+    layouts.push((64 * 4 + l, vec![64 * 4]));
+    layouts.push((64 * 9, vec![3, 64 * 9 - l]));
+    for (len, starts) in layouts {
+        let mut plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut expected = plain.clone();
+        for &s in &starts {
+            plain[s..s + l].copy_from_slice(marker);
+            expected[s..s + l].copy_from_slice(real);
+        }
+        for piece in [1usize, 7, 64, 1000] {
+            case += 1;
+            let id = BlobId::random();
+            let nonce = [case as u8; 32];
+            let dest = dir.path().join(format!("blob{case}"));
+            let mut p = PendingBlob::create_with(dest.clone(), &k, id, marker, 64, Some(nonce)).unwrap();
+            for part in plain.chunks(piece) {
+                p.write_all(part).unwrap();
+            }
+            let done = p.finish(std::str::from_utf8(real).unwrap()).unwrap();
+            assert_eq!(done.written.plaintext_len, len as u64);
+            let file = std::fs::read(&dest).unwrap();
+            let mut want = Vec::new();
+            encrypt_to_vec(&k, id, 64, nonce, &expected, &mut want).unwrap();
+            assert!(file == want, "len {len}, markers at {starts:?}, writes of {piece}: not the ordinary encoding");
+            let (got, err) = decrypt(&file, std::slice::from_ref(&k), id);
+            assert!(err.is_none());
+            assert_eq!(got, expected);
+            // Dropping the finished blob uncommitted removes it.
+            drop(done);
+            assert!(!dest.exists());
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary file left behind");
+}
+
+#[test]
+fn a_pending_blob_refuses_a_wrong_length_a_missing_marker_and_a_bad_marker() {
+    let k = key(&"44".repeat(32), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = "P1-00112233445566778899aabbccddeeff";
+    let new = |name: &str| PendingBlob::create(dir.path().join(name), &k, BlobId::random(), marker.as_bytes()).unwrap();
+
+    let mut p = new("a");
+    p.write_all(format!("head {marker} tail").as_bytes()).unwrap();
+    assert!(matches!(p.finish("P12-00112233445566778899aabbccddeeff"), Err(Error::InvalidInput { field: "pseudonym", .. })));
+
+    let mut p = new("b");
+    p.write_all(&[5u8; 100_000]).unwrap();
+    assert!(matches!(p.finish("P1-ffeeddccbbaa99887766554433221100"), Err(Error::InvalidInput { field: "instance", .. })));
+
+    let mut p = new("c");
+    p.write_all(marker.as_bytes()).unwrap();
+    drop(p);
+
+    // A marker that could overlap itself could make two replacements collide.
+    for bad in ["abcabcabcabcabcabcabc", "short", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] {
+        assert!(PendingBlob::create(dir.path().join("d"), &k, BlobId::random(), bad.as_bytes()).is_err(), "{bad}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "every refusal removed its temporary file");
+}
+
+/// A sender cannot make a chunk be kept back without end: only the marker does that.
+#[test]
+fn only_chunks_holding_the_marker_are_kept_in_memory() {
+    let k = key(&"55".repeat(32), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = "P1-00112233445566778899aabbccddeeff";
+    let mut p = PendingBlob::create(dir.path().join("x"), &k, BlobId::random(), marker.as_bytes()).unwrap();
+    p.write_all(b"DICM").unwrap();
+    p.write_all(marker.as_bytes()).unwrap();
+    // Near-misses everywhere: every prefix of the marker, at every chunk boundary.
+    let mut body = vec![0u8; 64 * 1024 * 20];
+    for (i, at) in (0..body.len() - 64).step_by(64 * 1024).enumerate() {
+        let cut = 1 + i % (marker.len() - 1);
+        body[at + 64 * 1024 - cut - 4..at + 64 * 1024 - 4].copy_from_slice(&marker.as_bytes()[..cut]);
+    }
+    p.write_all(&body).unwrap();
+    let kept = p.enc.as_ref().unwrap().kept.len();
+    assert_eq!(kept, 1, "only the chunk with the marker is held");
+    p.finish("P1-ffeeddccbbaa99887766554433221100").unwrap().keep();
 }
