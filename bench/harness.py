@@ -471,6 +471,7 @@ def stow(server, paths, clients, read_session=None, time_limit=900):
     status is kept as the reason when nothing succeeds.
     """
     total_bytes = sum(os.path.getsize(p) for p in paths)
+    settle_disk()
     urls, fails = [], []
     lock = threading.Lock()
     end = time.time() + time_limit
@@ -598,6 +599,17 @@ def big_upload(server, path):
     return res
 
 
+def settle_disk():
+    """Write back what earlier runs left in the page cache before a timed run starts.
+
+    A server that does not fsync (Orthanc, storescp) leaves hundreds of MB dirty when its
+    run ends; the kernel writes them back during whatever runs next, slowing that run's
+    fsyncs. Each timed run starts from a clean disk queue instead.
+    """
+    os.sync()
+    time.sleep(0.5)
+
+
 def run_storescu(port, files, tls, pki, ae_called, time_limit=900):
     env = dict(os.environ, TCP_NODELAY="1")
     cmd = ["/usr/bin/storescu", "-aet", "BENCHSCU", "-aec", ae_called]
@@ -605,6 +617,7 @@ def run_storescu(port, files, tls, pki, ae_called, time_limit=900):
         cmd += ["+tls", pki["client_key"], pki["client_cert"], "+cf", pki["ca"]]
     cmd += ["127.0.0.1", str(port)] + files
     total = sum(os.path.getsize(p) for p in files)
+    settle_disk()
     t0 = time.time()
     try:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=time_limit)

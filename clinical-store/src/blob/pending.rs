@@ -210,12 +210,14 @@ impl MarkedEncoder {
 ///
 /// Created by [`crate::ClinicalStore::begin_instance`]; written through `std::io::Write`
 /// with the marker where the value goes; committed by
-/// [`crate::ClinicalStore::commit_instance`], which puts the value in. Like
-/// [`crate::BlobWriter`], nothing is visible under the blob's name before that, and a
-/// `PendingBlob` dropped without being committed deletes its temporary file.
+/// [`crate::ClinicalStore::commit_instance`], which files it. Unlike [`crate::BlobWriter`]
+/// it writes under the blob's own name (no rename: one journal commit less for the sender
+/// to wait for), but no index row names the file until it is durable, so nothing reads it
+/// before; dropped unfinished it deletes the file, and after a crash the store's sweep
+/// does.
 pub struct PendingBlob {
     pub(super) enc: Option<MarkedEncoder>,
-    tmp: PathBuf,
+    /// The blob's own name: written in place (see `create_with`). Emptied once finished.
     dest: PathBuf,
     pub(crate) id: BlobId,
 }
@@ -238,17 +240,20 @@ impl PendingBlob {
         if marker.len() < 16 || marker.len() > 64 || (1..marker.len()).any(|k| marker[..k] == marker[marker.len() - k..]) {
             return Err(Error::InvalidInput { field: "marker", rule: "16 to 64 bytes, with no prefix that is also a suffix" });
         }
-        let tmp = durable::temp_path_for(&dest);
-        let mut file = durable::create_new_with_mode(&tmp, 0o600).map_err(|e| Error::io("creating", &tmp, e))?;
-        // From here on the Drop impl removes `tmp` on any failure.
-        let mut w = PendingBlob { enc: None, tmp, dest, id };
+        // Written under its own name, not a temporary one renamed at the end: a rename is
+        // one more journal commit the sender would wait for. Nothing reads a blob that no
+        // index row names, the index row is committed only after this file is durable, and
+        // a file left by a crash is removed by the sweep when the store next opens.
+        let mut file = durable::create_new_with_mode(&dest, 0o600).map_err(|e| Error::io("creating", &dest, e))?;
+        // From here on the Drop impl removes the file on any failure.
+        let mut w = PendingBlob { enc: None, dest, id };
         let blob_nonce = blob_nonce.unwrap_or_else(|| {
             let mut n = [0u8; 32];
             cleave_keys::random_bytes(&mut n);
             n
         });
         let header = Header { key_version: key.version, chunk_size, blob_nonce };
-        file.write_all(&header.encode()).map_err(|e| Error::io("writing the header of", &w.tmp, e))?;
+        file.write_all(&header.encode()).map_err(|e| Error::io("writing the header of", &w.dest, e))?;
         let marker = Zeroizing::new(marker.to_vec());
         let finder = memmem::Finder::new(&marker[..]).into_owned();
         let c = chunk_size as usize;
@@ -271,28 +276,25 @@ impl PendingBlob {
         Ok(w)
     }
 
-    /// Puts `pseudonym` where every marker is, seals what was kept back, fsyncs the file,
-    /// renames it into place and fsyncs the directory. Takes no lock on the store: call it
+    /// Puts `pseudonym` where every marker is, seals what was kept back, and fsyncs the
+    /// file and its directory. Takes no lock on the store: call it
     /// before [`crate::ClinicalStore::commit_instance`], which only writes the index row.
     ///
     /// Fails if `pseudonym` is not exactly as long as the marker, or if the marker was
     /// never written (an object that does not name its patient was not de-identified by
-    /// the caller's pipeline). The temporary file is then removed.
+    /// the caller's pipeline). The file is then removed.
     pub fn finish(mut self, pseudonym: &str) -> Result<FinishedBlob, Error> {
         let enc = self.enc.take().ok_or(Error::WriterPoisoned)?;
         let (file, plaintext_len, replaced) = enc.finish(pseudonym.as_bytes())?;
         if replaced == 0 {
             return Err(Error::InvalidInput { field: "instance", rule: "the pseudonym marker was never written, so the object does not name its patient" });
         }
-        file.sync_all().map_err(|e| Error::io("syncing", &self.tmp, e))?;
+        // The file, then its directory entry (on ext4 the first fsync already committed the
+        // entry, so the second finds nothing left to write).
+        file.sync_all().map_err(|e| Error::io("syncing", &self.dest, e))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming into place", &self.dest, e))?;
-        self.tmp = PathBuf::new();
         let dir = self.dest.parent().unwrap_or(Path::new("."));
-        if let Err(e) = durable::fsync_dir(dir) {
-            let _ = std::fs::remove_file(&self.dest);
-            return Err(Error::io("syncing", dir, e));
-        }
+        durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
         Ok(FinishedBlob { id: self.id, dest: std::mem::take(&mut self.dest), written: WrittenBlob { plaintext_len }, pseudonym: pseudonym.to_owned() })
     }
 }
@@ -346,8 +348,8 @@ impl Write for PendingBlob {
 impl Drop for PendingBlob {
     fn drop(&mut self) {
         self.enc = None;
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
+        if !self.dest.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.dest);
         }
     }
 }
