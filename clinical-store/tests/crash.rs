@@ -1,10 +1,12 @@
 //! An acknowledged put survives `kill -9`: a child process (this test binary, re-invoked)
-//! puts instances in a loop and prints each acknowledged UID; the parent kills it midway,
+//! puts instances in a loop, alternately with `put_instance` and with the one-pass path the
+//! broker's ingest uses (`begin_instance`, write with a marker, `finish`, `commit_instance`),
+//! and prints each acknowledged UID; the parent kills it midway,
 //! reopens the store, and checks every acknowledged instance byte for byte, and that the
 //! open-time sweep left no temporary or unreferenced blob.
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -19,8 +21,19 @@ fn child(dir: &std::path::Path) {
         let m = meta(i % 4, i / 40, i / 8, i);
         let uid = m.sop_instance_uid.clone();
         let len = 20_000 + u64::from(i) * 37_777 % 400_000;
-        store.put_instance(m, |w| Payload::new(&uid, len).write_to(w, 16_384).map(|_| ())).unwrap();
-        println!("ACK {uid} {len}");
+        if i % 2 == 0 {
+            store.put_instance(m, |w| Payload::new(&uid, len).write_to(w, 16_384).map(|_| ())).unwrap();
+            println!("ACK {uid} {len}");
+        } else {
+            let marker = format!("P1-{:032x}", 0xabcd_0000_0000u64 + u64::from(i));
+            let pseudonym = m.pseudonym.clone();
+            let mut p = store.begin_instance(&marker).unwrap();
+            p.write_all(marker.as_bytes()).unwrap();
+            Payload::new(&uid, len).write_to(&mut p, 16_384).unwrap();
+            let done = p.finish(&pseudonym).unwrap();
+            store.commit_instance(done, m).unwrap();
+            println!("ACK {uid} {len} {pseudonym}");
+        }
     }
 }
 
@@ -43,8 +56,9 @@ fn acknowledged_puts_survive_kill_9() {
         let line = line.unwrap();
         // libtest may print "test <name> ... " on the same line before the first ACK.
         if let Some((_, rest)) = line.split_once("ACK ") {
-            let (uid, len) = rest.split_once(' ').unwrap();
-            acked.push((uid.to_owned(), len.parse::<u64>().unwrap()));
+            let mut fields = rest.split(' ');
+            let (uid, len) = (fields.next().unwrap(), fields.next().unwrap());
+            acked.push((uid.to_owned(), len.parse::<u64>().unwrap(), fields.next().map(str::to_owned)));
             if acked.len() == ACKS_BEFORE_KILL {
                 child.kill().unwrap(); // SIGKILL on Unix
                 break;
@@ -63,13 +77,17 @@ fn acknowledged_puts_survive_kill_9() {
 
     let ring = keyring(dir.path());
     let store = open(dir.path(), &ring);
-    for (uid, len) in &acked {
+    for (uid, len, pseudonym) in &acked {
         let r = store.open_instance(uid).unwrap_or_else(|e| panic!("acknowledged instance lost: {e}"));
         let (hash, n) = hash_reader(r).unwrap();
         let mut expected = blake3::Hasher::new();
+        // One-pass instances begin with the pseudonym that replaced their marker.
+        let prefix = pseudonym.as_deref().unwrap_or("");
+        expected.update(prefix.as_bytes());
         expected.update(&Payload::bytes(uid, *len as usize));
-        assert_eq!((n, hash), (*len, *expected.finalize().as_bytes()), "acknowledged instance damaged");
+        assert_eq!((n, hash), (*len + prefix.len() as u64, *expected.finalize().as_bytes()), "acknowledged instance damaged");
     }
+    assert!(acked.iter().any(|a| a.2.is_some()) && acked.iter().any(|a| a.2.is_none()), "both paths were exercised");
     // No temporary files, and every blob on disk is one the index refers to, and readable.
     let files = blob_files(&dir.path().join("store"));
     assert!(files.iter().all(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.')), "temp files left: {files:?}");
