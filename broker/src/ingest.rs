@@ -52,7 +52,7 @@ pub(crate) struct Ingested {
 pub(crate) enum IngestError {
     /// The object is not acceptable DICOM; the message says what, never a value.
     BadObject(cleave_deid::Error),
-    /// The object was fine but a store or the spool failed; nothing is acknowledged.
+    /// The object was fine but a store failed; nothing is acknowledged.
     Storage(String),
 }
 

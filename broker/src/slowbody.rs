@@ -3,7 +3,7 @@
 //! hyper's header timeout stops a client that trickles the request head (the classic
 //! slow-loris), and the idle timeout stops one that goes silent. Neither stops a client
 //! that sends its head promptly and then one body byte every minute: it holds a
-//! connection, a task and, for STOW-RS, an open spool, forever. Every request body is
+//! connection, a task and, for STOW-RS, a blob being written, forever. Every request body is
 //! therefore wrapped in [`MinRateBody`]: once the time spent *waiting for the client*
 //! passes a grace period, the bytes received must average at least the configured rate
 //! over that waiting time, or the body fails with [`TooSlow`] and the request is answered

@@ -110,7 +110,7 @@ async fn a_modality_stores_real_dicom_and_it_is_split_between_the_stores() {
     assert_eq!(get(b.addr(), dev_cfg.clone(), "/dicomweb/studies", Some(&dev)).await.status, 403);
     assert_eq!(stow(&b, nurse_cfg.clone(), &nurse, &[("application/dicom", &ct)]).await.status, 403);
 
-    // Nothing identifying in clear anywhere in the data directory (the spool included).
+    // Nothing identifying in clear anywhere in the data directory.
     for f in files_under(b.data()) {
         let name = f.to_string_lossy();
         if name.contains("bootstrap") || name.contains("test-certs") {

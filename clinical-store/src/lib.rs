@@ -12,7 +12,11 @@
 //!   chunked XChaCha20-Poly1305 format under a per-blob key ([`BlobWriter`], [`BlobReader`]).
 //!
 //! [`ClinicalStore::put_instance`] streams an object into its blob and commits blob and
-//! index row together; an acknowledged put survives `kill -9`. The store opens on demand
+//! index row together; an acknowledged put survives `kill -9`. For an object that must be
+//! written while it arrives, before its pseudonym is known (the broker's ingest),
+//! [`ClinicalStore::begin_instance`] gives a [`PendingBlob`] that takes a marker in the
+//! pseudonym's place, [`PendingBlob::finish`] puts the pseudonym in, and
+//! [`ClinicalStore::commit_instance`] files it. The store opens on demand
 //! ([`ClinicalStore::on_demand`]) and closes when idle, dropping its keys.
 //!
 //! Formats and the sealed/indexable split: `clinical-store/FORMAT.md`.
