@@ -228,22 +228,22 @@ async fn serve<S: StoreSink>(tcp: TcpStream, peer: SocketAddr, shared: Arc<Share
     let rq = match decoded {
         Ok(Pdu::AssociationRQ(rq)) => rq,
         _ => {
-            let _ = association::send_pdu(&mut tls, &association::abort(AbortRQServiceProviderReason::UnexpectedPdu)).await;
+            refuse(&mut tls, &association::abort(AbortRQServiceProviderReason::UnexpectedPdu)).await;
             return debug!(%peer, "first PDU was not a valid A-ASSOCIATE-RQ");
         }
     };
     if let Slot::Reject(_) = slot {
-        let _ = association::send_pdu(&mut tls, &association::over_capacity()).await;
+        refuse(&mut tls, &association::over_capacity()).await;
         return info!(%peer, "association rejected: server at its association limit");
     }
     if let Err(rj) = association::check_request(&rq) {
-        let _ = association::send_pdu(&mut tls, &rj).await;
+        refuse(&mut tls, &rj).await;
         return info!(%peer, "association rejected: unsupported protocol version or application context");
     }
     let identity = match identity {
         Ok(identity) => identity,
         Err(()) => {
-            let _ = association::send_pdu(&mut tls, &association::refusal(crate::Refusal::UserIdentityNotAuthorized)).await;
+            refuse(&mut tls, &association::refusal(crate::Refusal::UserIdentityNotAuthorized)).await;
             return info!(%peer, "association rejected: unreadable user identity");
         }
     };
@@ -266,11 +266,11 @@ async fn serve<S: StoreSink>(tcp: TcpStream, peer: SocketAddr, shared: Arc<Share
     let (principal, calling_ae) = match decision {
         Ok((Ok(p), ae)) => (Arc::new(p), ae),
         Ok((Err(refusal), _)) => {
-            let _ = association::send_pdu(&mut tls, &association::refusal(refusal)).await;
+            refuse(&mut tls, &association::refusal(refusal)).await;
             return info!(%peer, ?refusal, "association refused by the broker");
         }
         Err(_) => {
-            let _ = association::send_pdu(&mut tls, &association::refusal(crate::Refusal::TemporarilyUnavailable)).await;
+            refuse(&mut tls, &association::refusal(crate::Refusal::TemporarilyUnavailable)).await;
             return warn!(%peer, "authorization panicked; association rejected");
         }
     };
@@ -289,11 +289,35 @@ async fn serve<S: StoreSink>(tcp: TcpStream, peer: SocketAddr, shared: Arc<Share
         }
         End::AbortedByPeer => info!(%peer, "association aborted by peer"),
         End::Aborted(why) => {
-            let _ = association::send_pdu(&mut tls, &association::abort(AbortRQServiceProviderReason::ReasonNotSpecified)).await;
+            refuse(&mut tls, &association::abort(AbortRQServiceProviderReason::ReasonNotSpecified)).await;
             warn!(%peer, why, "association aborted");
         }
         End::Closed(why) => debug!(%peer, why, "connection closed"),
     }
+}
+
+/// Sends a refusal or an abort, then closes the connection gracefully: close_notify and a
+/// FIN, then a short wait for the peer to close its side.
+///
+/// Why not just drop the connection: a socket closed while the peer's bytes sit unread in
+/// it is reset (RST) by the kernel, and a peer that sees the reset before it has read our
+/// A-ASSOCIATE-RJ reports "aborted" instead of the reason we gave. Bounded: a peer that
+/// keeps the connection open gets 2 s, then it is dropped.
+async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(tls: &mut T, pdu: &Pdu) {
+    if association::send_pdu(&mut *tls, pdu).await.is_err() {
+        return;
+    }
+    let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
+    let mut sink = [0u8; 1024];
+    let _ = timeout(Duration::from_secs(1), async {
+        use tokio::io::AsyncReadExt;
+        while let Ok(n) = tls.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 enum End {
