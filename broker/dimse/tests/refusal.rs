@@ -1,0 +1,74 @@
+//! A refused association must reach the peer as an A-ASSOCIATE-RJ with its reason, even
+//! when the peer has already sent more than the A-ASSOCIATE-RQ. A server that simply drops
+//! the socket with those bytes unread makes the kernel reset the connection, and the peer
+//! may see the reset instead of the reason ("aborted" instead of "rejected").
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+use dicom_ul::Pdu;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&pki.ca_pem).unwrap()).unwrap();
+    let chain = vec![CertificateDer::from_pem_file(&pki.client_cert).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(&pki.client_key).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_a_refusal_arrives_as_a_reject_even_when_the_peer_sent_more_than_the_request() {
+    let pki = Pki::new();
+    let sink = DirSink::new();
+    let server = start(&pki, sink.clone()).await;
+    for round in 0..20 {
+        let tcp = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config(&pki));
+        let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let rq = Pdu::AssociationRQ(AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: "INTRUDER".into(),
+            called_ae_title: CALLED_AE.into(),
+            application_context_name: "1.2.840.10008.3.1.1.1".into(),
+            presentation_contexts: vec![PresentationContextProposed {
+                id: 1,
+                abstract_syntax: "1.2.840.10008.1.1".into(),
+                transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+            }],
+            user_variables: vec![UserVariableItem::MaxLength(16384)],
+        });
+        let mut bytes = Vec::new();
+        dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
+        // An eager peer: the first P-DATA-TF is on its way before the answer.
+        let junk = vec![0x42u8; 200_000];
+        bytes.extend_from_slice(&[0x04, 0x00]);
+        bytes.extend_from_slice(&(junk.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&junk);
+        tls.write_all(&bytes).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut answer = Vec::new();
+        let read = tls.read_to_end(&mut answer).await;
+        assert!(
+            answer.first() == Some(&0x03),
+            "round {round}: expected an A-ASSOCIATE-RJ, got {} bytes starting {:?} (read: {read:?})",
+            answer.len(),
+            answer.first()
+        );
+        // PS3.8 9.3.4: result 1 (permanent), source 1 (service user), reason 3 (calling AE title not recognized).
+        assert_eq!(answer.get(7..10), Some(&[1u8, 1, 3][..]), "round {round}: wrong rejection reason");
+    }
+    server.shutdown().await.unwrap();
+}
