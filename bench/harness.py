@@ -602,9 +602,9 @@ def big_upload(server, path):
 def settle_disk():
     """Write back what earlier runs left in the page cache before a timed run starts.
 
-    A server that does not fsync (Orthanc, storescp) leaves hundreds of MB dirty when its
-    run ends; the kernel writes them back during whatever runs next, slowing that run's
-    fsyncs. Each timed run starts from a clean disk queue instead.
+    A run can end with hundreds of MB dirty in the page cache (storescp never fsyncs); the
+    kernel would write them back during whatever runs next, slowing that run's fsyncs.
+    Each timed run starts from a clean disk queue instead.
     """
     os.sync()
     time.sleep(0.5)
