@@ -146,8 +146,14 @@ impl Pipeline {
                     })
                     .and_then(|r| r)
             });
-            // No name means the vault failed first; the pending blob is then dropped (deleted).
-            let finished = named_rx.recv().ok().map(|p| pending.finish(&p));
+            // While the vault decides, most of the blob goes to disk. A failed fsync fails
+            // the instance: after one, Linux may report the next as clean with data lost.
+            // No name means the vault failed first. Either way the pending blob is dropped
+            // (deleted).
+            let finished = match pending.flush_written() {
+                Err(e) => Some(Err(e)),
+                Ok(()) => named_rx.recv().ok().map(|p| pending.finish(&p)),
+            };
             (job.join(), finished)
         });
         let (pseudonym, flagged) = decided

@@ -276,6 +276,15 @@ impl PendingBlob {
         Ok(w)
     }
 
+    /// Writes back what has been sealed so far and waits for the disk, before the pseudonym
+    /// is known. Optional: [`PendingBlob::finish`] makes everything durable anyway. Called
+    /// while the vault is still deciding, it moves most of the blob's flush off the path
+    /// the sender waits on, leaving `finish` only the held chunks and the tail.
+    pub fn flush_written(&mut self) -> Result<(), Error> {
+        let enc = self.enc.as_mut().ok_or(Error::WriterPoisoned)?;
+        enc.file.sync_data().map_err(|e| Error::io("syncing", &self.dest, e))
+    }
+
     /// Puts `pseudonym` where every marker is, seals what was kept back, and fsyncs the
     /// file and its directory. Takes no lock on the store: call it
     /// before [`crate::ClinicalStore::commit_instance`], which only writes the index row.
