@@ -45,7 +45,6 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -55,18 +54,16 @@ use cleave_deid::{split, Options, UidMapper};
 use cleave_keys::{Key32, OnDemand};
 use clinical_store::ClinicalStore;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use crate::authz::{authorize, Need};
 use crate::server::ConnInfo;
 use crate::state::AppState;
 use crate::stores::{clinical_error, with_clinical};
 use crate::Error;
+use super::streaming::{self, ChannelWriter, CHUNK};
 use cleave_tokens::{Op, Store};
 
 const ROUTE: &str = "/api/v1/research/export";
-/// Bytes the stream hands to the response at a time.
-const CHUNK: usize = 64 * 1024;
 /// Chunks in flight between the splitting task and the connection.
 const IN_FLIGHT: usize = 4;
 
@@ -245,7 +242,7 @@ pub async fn research_export(
     let mut items = plan.items;
     items.sort_by_cached_key(|i| keys.rank(&i.sop_instance_uid));
     let boundary = format!("cleave-export-{}", cleave_keys::random_id128());
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(IN_FLIGHT);
+    let (mut w, body) = streaming::channel(IN_FLIGHT);
     let job = Job {
         store: s.stores.clinical.clone(),
         limits: s.pipeline.limits.clone(),
@@ -259,19 +256,17 @@ pub async fn research_export(
     failed.store = Some("clinical");
     failed.route = Some(ROUTE.into());
     tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) };
         if let Err(why) = job.run(&items, &mut w) {
             // The peer hanging up is not a failure of the export.
-            if !w.tx.is_closed() {
+            if !w.client_gone() {
                 tracing::error!(target: "cleave::export", "a research export failed mid-stream: {why}");
                 failed.reason = Some("export stream failed".into());
                 let _ = state.audit.record(&failed);
-                let _ = w.tx.blocking_send(Err(std::io::Error::other("the export failed; see the broker's log")));
+                w.abort("the export failed; see the broker's log");
             }
         }
     });
 
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }));
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     let ct = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
@@ -314,40 +309,6 @@ impl Job {
     }
 }
 
-/// Hands bytes to the response body in [`CHUNK`]s through a bounded channel, so a slow
-/// client slows the splitting instead of growing memory.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = CHUNK.saturating_sub(self.buf.len()).max(1);
-        let n = data.len().min(room);
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,20 +341,5 @@ mod tests {
         assert_ne!(a.subject(p), a.subject("P1-ffeeddccbbaa99887766554433221100"));
         assert!(a.subject(p).starts_with("RS-") && a.subject(p).len() == 19 && !a.subject(p).contains(&p[3..]));
         assert_ne!(a.uids.map("1.2.3"), b.uids.map("1.2.3"));
-    }
-
-    #[test]
-    fn the_channel_writer_chunks_and_reports_a_closed_peer() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let mut w = ChannelWriter { tx, buf: Vec::new() };
-        w.write_all(&vec![7u8; CHUNK * 2 + 10]).unwrap();
-        w.flush().unwrap();
-        let mut sizes = Vec::new();
-        while let Ok(Ok(b)) = rx.try_recv() {
-            sizes.push(b.len());
-        }
-        assert_eq!(sizes, vec![CHUNK, CHUNK, 10]);
-        drop(rx);
-        w.write_all(&vec![1u8; CHUNK]).expect_err("the peer is gone");
     }
 }

@@ -19,6 +19,7 @@ mod openapi;
 mod session;
 mod shares;
 mod stow;
+mod streaming;
 mod wado;
 
 /// The hand-maintained OpenAPI description, served at `/api/v1/openapi.json`; a test checks

@@ -33,17 +33,13 @@
 //! `image/jp2`, `image/jpx`, `image/dicom-rle`) for encapsulated pixel data.
 use std::collections::HashMap;
 use std::io::Write;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use bytes::Bytes;
 use cleave_deid::{Limits, Restore};
 use clinical_store::{InstanceRecord, SeriesRecord};
 use serde_json::{json, Value};
@@ -54,6 +50,7 @@ use crate::server::ConnInfo;
 use crate::state::AppState;
 use crate::stores::{study_owner_before_authorization, with_clinical, with_vault, ClinicalReader};
 use crate::Error;
+use super::streaming::{self, ChannelWriter};
 use cleave_tokens::{Op, Store};
 
 const R_SERIES_SEARCH: &str = "/dicomweb/studies/{study}/series";
@@ -68,8 +65,6 @@ const R_FRAMES: &str = "/dicomweb/studies/{study}/series/{series}/instances/{ins
 
 /// At most this many frames in one request.
 const MAX_FRAMES_PER_REQUEST: usize = 1024;
-/// Bytes gathered before a chunk goes to the client.
-const CHUNK: usize = 64 * 1024;
 
 /// A DICOM UID (PS3.5 §9.1): 1 to 64 characters, digit components separated by dots, no
 /// leading zero in a component.
@@ -323,53 +318,6 @@ fn frame_media(ts: &str) -> Option<&'static str> {
 // ---------------------------------------------------------------------------------------
 // Streaming bodies.
 
-/// The receiving end of a streamed response.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
-
-impl futures_core::Stream for ChannelBody {
-    type Item = Result<Bytes, std::io::Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-/// The sending end, for blocking code: gathers writes into chunks and waits for room in
-/// the channel, so a slow client slows the producer instead of filling memory.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client closed the connection"))
-    }
-
-    /// End the body with an error: the client sees an aborted response, not a short one.
-    fn abort(self) {
-        let _ = self.tx.blocking_send(Err(std::io::Error::other("the response was aborted")));
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
-    }
-}
-
 /// A multipart/related response whose body `produce` writes from a blocking task.
 fn stream_multipart(
     media: &str,
@@ -377,19 +325,18 @@ fn stream_multipart(
 ) -> Result<Response, Error> {
     let boundary = format!("cleave-{}", cleave_keys::random_id128());
     let content_type = format!("multipart/related; type=\"{media}\"; boundary={boundary}");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (mut w, body) = streaming::channel(4);
     tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) };
         let result = produce(&mut w, &boundary).and_then(|()| {
             write!(w, "--{boundary}--\r\n").and_then(|()| w.flush()).map_err(|e| format!("writing the response: {e}"))
         });
         if let Err(why) = result {
             // PHI-free: store, deid and I/O errors name kinds and rules, never values.
             tracing::warn!(error = %why, "a DICOMweb response was aborted");
-            w.abort();
+            w.abort("the response was aborted");
         }
     });
-    let mut resp = Response::new(Body::from_stream(ChannelBody(rx)));
+    let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
