@@ -2,32 +2,12 @@
 //! and verifies a token the broker minted at login with the grant's root key, and a token
 //! pymacaroons narrowed is accepted by the broker over mutual TLS, within its narrowing.
 mod common;
-
-use std::io::Write;
-use std::process::{Command, Stdio};
+// The pymacaroons runner of cleave-tokens' own tests: one way to drive python3 for both.
+#[path = "../tokens/tests/common/mod.rs"]
+mod tokens_common;
 
 use common::*;
-
-/// Run a python3 script with pymacaroons; its trimmed stdout. Fails naming what to install.
-fn python(script: &str, args: &[&str]) -> String {
-    let probe = Command::new("python3").args(["-c", "import pymacaroons"]).output();
-    assert!(
-        probe.is_ok_and(|o| o.status.success()),
-        "python3 with pymacaroons is required: pip install pymacaroons (it is in .ci/requirements.txt)"
-    );
-    let mut child = Command::new("python3")
-        .arg("-")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3");
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use tokens_common::python;
 
 const VERIFY_AND_NARROW: &str = r#"
 import sys
