@@ -1,39 +1,17 @@
 //! Throughput of `split` alone (input and output in memory): 0.5 MB CT slices and 50 MB
 //! mammography images, reported as instances/s and MB/s.
+mod common;
+
 use cleave_deid::{split, Limits, Options, UidMapper};
 use cleave_keys::Key32;
+use common::{el, part10_start};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-
-fn el(out: &mut Vec<u8>, tag: u32, vr: &str, value: &[u8]) {
-    let mut v = value.to_vec();
-    if v.len() % 2 == 1 {
-        v.push(if vr == "UI" { 0 } else { b' ' });
-    }
-    out.extend_from_slice(&((tag >> 16) as u16).to_le_bytes());
-    out.extend_from_slice(&(tag as u16).to_le_bytes());
-    out.extend_from_slice(vr.as_bytes());
-    if matches!(vr, "OB" | "OW" | "SQ" | "UT") {
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(v.len() as u16).to_le_bytes());
-    }
-    out.extend_from_slice(&v);
-}
 
 /// A realistic header (about 60 attributes, several identifying) and native pixel data.
 fn instance(modality: &str, class: &str, rows: u16, cols: u16) -> Vec<u8> {
     let ts = "1.2.840.10008.1.2.1";
     let sop = "1.2.826.0.1.3680043.10.543.7.7.7";
-    let mut meta = Vec::new();
-    el(&mut meta, 0x0002_0001, "OB", &[0, 1]);
-    el(&mut meta, 0x0002_0002, "UI", class.as_bytes());
-    el(&mut meta, 0x0002_0003, "UI", sop.as_bytes());
-    el(&mut meta, 0x0002_0010, "UI", ts.as_bytes());
-    let mut f = vec![0u8; 128];
-    f.extend_from_slice(b"DICM");
-    el(&mut f, 0x0002_0000, "UL", &(meta.len() as u32).to_le_bytes());
-    f.extend_from_slice(&meta);
+    let mut f = part10_start(class, sop, ts);
     el(&mut f, 0x0008_0005, "CS", b"ISO_IR 100");
     el(&mut f, 0x0008_0008, "CS", b"ORIGINAL\\PRIMARY\\AXIAL");
     el(&mut f, 0x0008_0016, "UI", class.as_bytes());

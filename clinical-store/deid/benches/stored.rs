@@ -1,40 +1,18 @@
 //! Throughput of re-identifying a stored object on the fly (input and output in memory):
 //! a 0.5 MB CT slice and a 50 MB mammogram, reported as bytes/s. A retrieve also decrypts
 //! the blob and crosses TLS; this isolates what re-identification adds.
+mod common;
+
 use cleave_deid::{reidentify, split, Limits, Options, Restore, UidMapper};
 use cleave_keys::Key32;
+use common::{el, part10_start};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use zeroize::Zeroizing;
-
-fn el(out: &mut Vec<u8>, tag: u32, vr: &str, value: &[u8]) {
-    let mut v = value.to_vec();
-    if v.len() % 2 == 1 {
-        v.push(if vr == "UI" { 0 } else { b' ' });
-    }
-    out.extend_from_slice(&((tag >> 16) as u16).to_le_bytes());
-    out.extend_from_slice(&(tag as u16).to_le_bytes());
-    out.extend_from_slice(vr.as_bytes());
-    if matches!(vr, "OB" | "OW") {
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(v.len() as u16).to_le_bytes());
-    }
-    out.extend_from_slice(&v);
-}
 
 /// A stored (already split) object with `rows × cols` 16-bit pixels.
 fn stored(rows: u16, cols: u16) -> Vec<u8> {
     let class = "1.2.840.10008.5.1.4.1.1.2";
-    let mut meta = Vec::new();
-    el(&mut meta, 0x0002_0001, "OB", &[0, 1]);
-    el(&mut meta, 0x0002_0002, "UI", class.as_bytes());
-    el(&mut meta, 0x0002_0003, "UI", b"1.2.3.4.5");
-    el(&mut meta, 0x0002_0010, "UI", b"1.2.840.10008.1.2.1");
-    let mut f = vec![0u8; 128];
-    f.extend_from_slice(b"DICM");
-    el(&mut f, 0x0002_0000, "UL", &(meta.len() as u32).to_le_bytes());
-    f.extend_from_slice(&meta);
+    let mut f = part10_start(class, "1.2.3.4.5", "1.2.840.10008.1.2.1");
     el(&mut f, 0x0008_0016, "UI", class.as_bytes());
     el(&mut f, 0x0008_0018, "UI", b"1.2.3.4.5");
     el(&mut f, 0x0008_0050, "SH", b"ACC123456");
