@@ -173,11 +173,7 @@ async fn oversized_and_slow_requests_are_cut_off() {
         let cfg = admin.clone();
         let addr = b.addr();
         slow.push(tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .unwrap();
+            let tls = tls_connect(addr, cfg).await.unwrap();
             let (mut rd, mut wr) = tokio::io::split(tls);
             let writer = tokio::spawn(async move {
                 for byte in head.iter() {
@@ -209,11 +205,7 @@ async fn oversized_and_slow_requests_are_cut_off() {
 
 /// Send `head`, then `body` in `pieces` equal parts with `pause` between them; the answer.
 async fn dribble(addr: std::net::SocketAddr, cfg: std::sync::Arc<rustls::ClientConfig>, head: String, body: Vec<u8>, pieces: usize, pause: Duration) -> (Duration, String) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, cfg).await.unwrap();
     let (mut rd, mut wr) = tokio::io::split(tls);
     let started = Instant::now();
     let writer = tokio::spawn(async move {

@@ -113,10 +113,15 @@ impl Answer {
     }
 }
 
+/// A fresh TLS connection to the broker (as `localhost`) with the client config `cfg`.
+pub async fn tls_connect(addr: SocketAddr, cfg: Arc<ClientConfig>) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(cfg).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
 /// Send raw request bytes over a fresh TLS connection and read the whole answer.
 pub async fn raw_request(addr: SocketAddr, cfg: Arc<ClientConfig>, bytes: &[u8]) -> std::io::Result<Answer> {
-    let tcp = TcpStream::connect(addr).await?;
-    let mut tls = TlsConnector::from(cfg).connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+    let mut tls = tls_connect(addr, cfg).await?;
     tls.write_all(bytes).await?;
     tls.flush().await?;
     let mut out = Vec::new();
