@@ -42,7 +42,7 @@ pub(crate) const MAX_KEPT_CHUNKS: usize = 256;
 
 /// Where a pending blob's bytes go while it is written, and the chunk logic above.
 pub(super) struct MarkedEncoder {
-    file: File,
+    out: BlobFile,
     cipher: ChunkCipher,
     marker: Zeroizing<Vec<u8>>,
     finder: memmem::Finder<'static>,
@@ -60,15 +60,20 @@ pub(super) struct MarkedEncoder {
     pub(super) kept: Vec<(u32, Zeroizing<Vec<u8>>)>,
     plaintext_len: u64,
     poisoned: bool,
-    /// File bytes written so far, and up to where the kernel was asked to write them out.
-    written: u64,
-    advised: u64,
 }
 
 /// How much written data may wait in the page cache before its writeback is started.
 const WRITEBACK_STEP: u64 = 256 * 1024;
 
-impl MarkedEncoder {
+/// The blob file, written front to back, with its writeback started as it grows.
+struct BlobFile {
+    file: File,
+    /// Bytes written so far, and up to where the kernel was asked to write them out.
+    written: u64,
+    advised: u64,
+}
+
+impl BlobFile {
     /// Appends to the file, starting the disk writes of what is written as it goes.
     ///
     /// Why: the instance is acknowledged only once its blob is fsync'd, and the sender
@@ -87,7 +92,9 @@ impl MarkedEncoder {
         }
         Ok(())
     }
+}
 
+impl MarkedEncoder {
     fn lookahead(&self) -> usize {
         self.marker.len() - 1
     }
@@ -113,15 +120,12 @@ impl MarkedEncoder {
             }
             self.kept.push((self.index, Zeroizing::new(self.buf[..c].to_vec())));
             // Its place in the file, filled in at `finish`.
-            self.append(&vec![0u8; c + TAG_LEN])?;
+            self.out.append(&vec![0u8; c + TAG_LEN])?;
         } else {
             self.seal_buf.clear();
             self.seal_buf.extend_from_slice(&self.buf[..c]);
             self.cipher.seal(self.index, false, &mut self.seal_buf);
-            let sealed = std::mem::take(&mut self.seal_buf);
-            let r = self.append(&sealed);
-            self.seal_buf = sealed;
-            r?;
+            self.out.append(&self.seal_buf)?;
         }
         self.carry = carry;
         self.buf.drain(..c);
@@ -186,23 +190,22 @@ impl MarkedEncoder {
                 joined[s..s + replacement.len()].copy_from_slice(replacement);
                 replaced += 1;
             }
+            // Each chunk of the run, now with the pseudonym, sealed once into its place.
             let mut at = 0;
-            for k in i..j {
-                let (index, plain) = &mut self.kept[k];
+            for &(index, ref plain) in &self.kept[i..j] {
                 let n = plain.len();
-                plain.copy_from_slice(&joined[at..at + n]);
-                at += n;
-                let index = *index;
                 let mut sealed = Zeroizing::new(Vec::with_capacity(n + TAG_LEN));
-                sealed.extend_from_slice(plain);
+                sealed.extend_from_slice(&joined[at..at + n]);
+                at += n;
                 self.cipher.seal(index, index == final_index, &mut sealed);
-                self.file
+                self.out
+                    .file
                     .write_all_at(&sealed, self.chunk_offset(index))
                     .map_err(|e| Error::io("writing a blob chunk to", Path::new("the blob file"), e))?;
             }
             i = j;
         }
-        Ok((self.file, self.plaintext_len, replaced))
+        Ok((self.out.file, self.plaintext_len, replaced))
     }
 }
 
@@ -258,7 +261,7 @@ impl PendingBlob {
         let finder = memmem::Finder::new(&marker[..]).into_owned();
         let c = chunk_size as usize;
         w.enc = Some(MarkedEncoder {
-            file,
+            out: BlobFile { file, written: HEADER_LEN as u64, advised: 0 },
             cipher: ChunkCipher::new(&key.key, &header, id),
             finder,
             buf: Zeroizing::new(Vec::with_capacity(c + marker.len())),
@@ -270,8 +273,6 @@ impl PendingBlob {
             kept: Vec::new(),
             plaintext_len: 0,
             poisoned: false,
-            written: HEADER_LEN as u64,
-            advised: 0,
         });
         Ok(w)
     }
@@ -282,7 +283,7 @@ impl PendingBlob {
     /// the sender waits on, leaving `finish` only the held chunks and the tail.
     pub fn flush_written(&mut self) -> Result<(), Error> {
         let enc = self.enc.as_mut().ok_or(Error::WriterPoisoned)?;
-        enc.file.sync_data().map_err(|e| Error::io("syncing", &self.dest, e))
+        enc.out.file.sync_data().map_err(|e| Error::io("syncing", &self.dest, e))
     }
 
     /// Puts `pseudonym` where every marker is, seals what was kept back, and fsyncs the
