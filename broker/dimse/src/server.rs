@@ -296,20 +296,26 @@ async fn serve<S: StoreSink>(tcp: TcpStream, peer: SocketAddr, shared: Arc<Share
     }
 }
 
-/// Sends a refusal or an abort, then closes the connection gracefully: close_notify and a
-/// FIN, then a short wait for the peer to close its side.
+/// How long a refused or aborted peer has to close the connection itself (PS3.8 ARTIM,
+/// state Sta13) before we close it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Sends an A-ASSOCIATE-RJ or A-ABORT, then waits for the peer to close the connection,
+/// as PS3.8 has the acceptor do (Sta13: awaiting the transport close, under the ARTIM
+/// timer), reading and discarding whatever it still sends; then closes our side.
 ///
 /// Why not just drop the connection: a socket closed while the peer's bytes sit unread in
 /// it is reset (RST) by the kernel, and a peer that sees the reset before it has read our
-/// A-ASSOCIATE-RJ reports "aborted" instead of the reason we gave. Bounded: a peer that
-/// keeps the connection open gets 2 s, then it is dropped.
+/// A-ASSOCIATE-RJ reports "aborted" instead of the reason we gave. Closing first, even
+/// gracefully, races the same way in peers that handle "connection closed" before the
+/// PDU that came just before it (pynetdicom did, intermittently). Bounded: a peer that
+/// keeps the connection open gets `CLOSE_GRACE`, then it is closed.
 async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(tls: &mut T, pdu: &Pdu) {
     if association::send_pdu(&mut *tls, pdu).await.is_err() {
         return;
     }
-    let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
     let mut sink = [0u8; 1024];
-    let _ = timeout(Duration::from_secs(1), async {
+    let _ = timeout(CLOSE_GRACE, async {
         use tokio::io::AsyncReadExt;
         while let Ok(n) = tls.read(&mut sink).await {
             if n == 0 {
@@ -318,6 +324,7 @@ async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(tls: &mut T, pdu: &Pdu) {
         }
     })
     .await;
+    let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
 }
 
 enum End {
