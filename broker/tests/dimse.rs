@@ -225,7 +225,7 @@ const PYNETDICOM: &str = r#"
 import ssl, sys
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 import pynetdicom.association as A
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
@@ -253,11 +253,19 @@ if passcode != "-":
     ident.secondary_field = passcode.encode()
     ident.positive_response_requested = True
     ext.append(ident)
-assoc = ae.associate("127.0.0.1", int(port), ae_title="CLEAVE", ext_neg=ext, tls_args=(ctx, "localhost"))
+# Judge a refusal by the A-ASSOCIATE-RJ PDU that arrived: pynetdicom 3.0 can report an
+# association it saw rejected as aborted when the RJ beats its own ACSE thread (it then
+# finds the socket already closed by its DUL thread).
+rejects = []
+def on_pdu(event):
+    if type(event.pdu).__name__ == "A_ASSOCIATE_RJ":
+        rejects.append(event.pdu)
+assoc = ae.associate("127.0.0.1", int(port), ae_title="CLEAVE", ext_neg=ext, tls_args=(ctx, "localhost"),
+                     evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
 if not assoc.is_established:
-    p = getattr(assoc.acceptor, "primitive", None)
-    if assoc.is_rejected and p is not None:
-        print("REJECTED %d %d %d" % (p.result, p.result_source, p.diagnostic))
+    if rejects:
+        rj = rejects[0]
+        print("REJECTED %d %d %d" % (rj.result, rj.source, rj.reason_diagnostic))
     else:
         print("ABORTED")
     sys.exit(0)
