@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
-use cleave_keys::{durable, Key32, VersionedKey};
+use cleave_keys::{durable, Key32, VersionedKey, WipedBuf};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::Error;
@@ -131,12 +131,16 @@ impl ChunkCipher {
 
     /// Encrypt `buf` (one chunk of plaintext) in place and append its tag.
     fn seal(&self, index: u32, last: bool, buf: &mut Vec<u8>) {
-        let tag = self
-            .aead
-            .encrypt_in_place_detached(&self.nonce(index, last), &self.ad, buf)
-            // Only fails for messages over 256 GiB; a chunk is at most 1 MiB.
-            .expect("chunk encryption cannot fail below 256 GiB");
+        let tag = self.seal_detached(index, last, buf);
         buf.extend_from_slice(&tag);
+    }
+
+    /// Encrypt `chunk` in place and return its tag, to be written right after it.
+    fn seal_detached(&self, index: u32, last: bool, chunk: &mut [u8]) -> Tag {
+        self.aead
+            .encrypt_in_place_detached(&self.nonce(index, last), &self.ad, chunk)
+            // Only fails for messages over 256 GiB; a chunk is at most 1 MiB.
+            .expect("chunk encryption cannot fail below 256 GiB")
     }
 
     /// Check and decrypt `buf` (ciphertext || tag) in place. On failure `buf` is unchanged:
@@ -153,7 +157,7 @@ impl ChunkCipher {
 pub(crate) struct Encoder<W: Write> {
     sink: W,
     cipher: ChunkCipher,
-    buf: Zeroizing<Vec<u8>>,
+    buf: WipedBuf,
     chunk_size: usize,
     index: u32,
     plaintext_len: u64,
@@ -167,7 +171,7 @@ impl<W: Write> Encoder<W> {
         Ok(Encoder {
             sink,
             cipher: ChunkCipher::new(&key.key, &header, id),
-            buf: Zeroizing::new(Vec::with_capacity(chunk_size as usize + TAG_LEN)),
+            buf: WipedBuf::with_capacity(chunk_size as usize + TAG_LEN),
             chunk_size: chunk_size as usize,
             index: 0,
             plaintext_len: 0,
@@ -257,7 +261,7 @@ pub(crate) struct Decoder<R: Read> {
     cipher: ChunkCipher,
     chunk_size: usize,
     /// Ciphertext of the current chunk, then (after verification) its plaintext.
-    buf: Zeroizing<Vec<u8>>,
+    buf: WipedBuf,
     pos: usize,
     plain_len: usize,
     index: u64,
@@ -289,7 +293,7 @@ impl<R: Read> Decoder<R> {
             src,
             cipher: ChunkCipher::new(&key.key, &header, id),
             chunk_size,
-            buf: Zeroizing::new(Vec::with_capacity(chunk_size + TAG_LEN)),
+            buf: WipedBuf::with_capacity(chunk_size + TAG_LEN),
             pos: 0,
             plain_len: 0,
             index: 0,

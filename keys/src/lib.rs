@@ -30,7 +30,7 @@ pub use ondemand::{OnDemand, OnDemandStats};
 pub use keyring::{KeyPurpose, Keyring, VersionedKey};
 pub use master::{KeySource, MasterKey, PassphraseParams};
 pub use seal::{FieldSealer, SealContext, SEALED_FIELD_FORMAT};
-pub use secret::{Key32, SecretBytes};
+pub use secret::{wipe, Key32, SecretBytes, WipedBuf};
 
 /// Fill `buf` with bytes from the operating system's CSPRNG.
 pub fn random_bytes(buf: &mut [u8]) {

@@ -25,11 +25,11 @@
 //! Memory: one chunk plus look-ahead, plus the chunks holding a marker (in an instance,
 //! the chunk holding Patient ID, rarely two), capped at [`MAX_KEPT_CHUNKS`].
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use cleave_keys::{durable, VersionedKey};
+use cleave_keys::{durable, VersionedKey, WipedBuf};
 use memchr::memmem;
 use zeroize::Zeroizing;
 
@@ -49,15 +49,13 @@ pub(super) struct MarkedEncoder {
     chunk_size: usize,
     /// Plaintext not yet sealed: the current chunk and up to `marker.len() - 1` bytes of
     /// look-ahead.
-    buf: Zeroizing<Vec<u8>>,
-    /// Sealing space for chunks written at once.
-    seal_buf: Zeroizing<Vec<u8>>,
+    buf: WipedBuf,
     /// Index of the chunk at the start of `buf`.
     index: u32,
     /// A marker begun in the previous chunk runs into this one.
     carry: bool,
     /// Chunks kept back, in index order, with their plaintext.
-    pub(super) kept: Vec<(u32, Zeroizing<Vec<u8>>)>,
+    pub(super) kept: Vec<(u32, WipedBuf)>,
     plaintext_len: u64,
     poisoned: bool,
 }
@@ -82,9 +80,20 @@ impl BlobFile {
     /// `POSIX_FADV_DONTNEED` on written ranges makes Linux start their writeback now (and
     /// drop the pages once clean: the blob is not read back soon), so the final fsync
     /// mostly finds them already on disk. A hint: its failure changes nothing.
-    fn append(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.file.write_all(bytes).map_err(|e| Error::io("writing a blob chunk to", Path::new("the blob file"), e))?;
-        self.written += bytes.len() as u64;
+    fn append(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => return Err(Error::io("writing a blob chunk to", Path::new("the blob file"), std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    IoSlice::advance_slices(&mut rest, n);
+                    self.written += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("writing a blob chunk to", Path::new("the blob file"), e)),
+            }
+        }
         if self.written - self.advised >= WRITEBACK_STEP {
             let len = std::num::NonZeroU64::new(self.written - self.advised);
             let _ = rustix::fs::fadvise(&self.file, self.advised, len, rustix::fs::Advice::DontNeed);
@@ -118,14 +127,13 @@ impl MarkedEncoder {
             if self.kept.len() >= MAX_KEPT_CHUNKS {
                 return Err(Error::InvalidInput { field: "blob", rule: "the pseudonym marker appears in too many places" });
             }
-            self.kept.push((self.index, Zeroizing::new(self.buf[..c].to_vec())));
+            self.kept.push((self.index, WipedBuf::from_vec(self.buf[..c].to_vec())));
             // Its place in the file, filled in at `finish`.
-            self.out.append(&vec![0u8; c + TAG_LEN])?;
+            self.out.append(&[&vec![0u8; c + TAG_LEN]])?;
         } else {
-            self.seal_buf.clear();
-            self.seal_buf.extend_from_slice(&self.buf[..c]);
-            self.cipher.seal(self.index, false, &mut self.seal_buf);
-            self.out.append(&self.seal_buf)?;
+            // Sealed where it lies: the look-ahead after it stays plaintext.
+            let tag = self.cipher.seal_detached(self.index, false, &mut self.buf[..c]);
+            self.out.append(&[&self.buf[..c], &tag])?;
         }
         self.carry = carry;
         self.buf.drain(..c);
@@ -181,7 +189,7 @@ impl MarkedEncoder {
             while j < self.kept.len() && self.kept[j].0 == self.kept[j - 1].0 + 1 {
                 j += 1;
             }
-            let mut joined = Zeroizing::new(Vec::new());
+            let mut joined = WipedBuf::with_capacity(self.kept[i..j].iter().map(|(_, p)| p.len()).sum());
             for (_, plain) in &self.kept[i..j] {
                 joined.extend_from_slice(plain);
             }
@@ -194,7 +202,7 @@ impl MarkedEncoder {
             let mut at = 0;
             for &(index, ref plain) in &self.kept[i..j] {
                 let n = plain.len();
-                let mut sealed = Zeroizing::new(Vec::with_capacity(n + TAG_LEN));
+                let mut sealed = WipedBuf::with_capacity(n + TAG_LEN);
                 sealed.extend_from_slice(&joined[at..at + n]);
                 at += n;
                 self.cipher.seal(index, index == final_index, &mut sealed);
@@ -264,8 +272,7 @@ impl PendingBlob {
             out: BlobFile { file, written: HEADER_LEN as u64, advised: 0 },
             cipher: ChunkCipher::new(&key.key, &header, id),
             finder,
-            buf: Zeroizing::new(Vec::with_capacity(c + marker.len())),
-            seal_buf: Zeroizing::new(Vec::with_capacity(c + TAG_LEN)),
+            buf: WipedBuf::with_capacity(c + marker.len()),
             marker,
             chunk_size: c,
             index: 0,
