@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -285,7 +286,7 @@ class Orthanc(Server):
     def start(self):
         self.stop()
         d = os.path.join(self.work, "orthanc")
-        shutil.rmtree(d, ignore_errors=True)
+        discard(d)
         os.makedirs(os.path.join(d, "storage"))
         self.http = free_port()
         self.dicom = free_port()
@@ -366,7 +367,7 @@ class Cleave(Server):
     def start(self):
         self.stop()
         self.data = os.path.join(self.work, "cleave-data")
-        shutil.rmtree(self.data, ignore_errors=True)
+        discard(self.data)
         self.port = free_port()
         self.dicom = free_port()
         self.logf = open(os.path.join(self.work, "cleave.log"), "w")
@@ -603,6 +604,28 @@ def big_upload(server, path):
     return res
 
 
+TRASH = []
+
+
+def discard(path):
+    """Set a previous run's files aside, to be deleted when the benchmark ends.
+
+    Deleting them now would skew the next timed run: ext4 will not reuse an inode freed in
+    the last seconds, and each file created soon after scans past every such inode
+    (`find_inode_bit`, `recently_deleted`), hundreds per file after a run's 400 instances.
+    A hospital's server does not delete its last thousand files before each store.
+    """
+    if os.path.exists(path):
+        dest = os.path.join(os.path.dirname(path), f".trash-{uuid.uuid4().hex}")
+        os.rename(path, dest)
+        TRASH.append(dest)
+
+
+def empty_trash():
+    while TRASH:
+        shutil.rmtree(TRASH.pop(), ignore_errors=True)
+
+
 def settle_disk():
     """Write back what earlier runs left in the page cache before a timed run starts.
 
@@ -614,7 +637,44 @@ def settle_disk():
     time.sleep(0.5)
 
 
-def run_storescu(port, files, tls, pki, ae_called, time_limit=900):
+def cpu_seconds(pid):
+    """User + system CPU time of a process and its threads, from /proc (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_profile(pid, label):
+    """With BENCH_PERF_DIR set, sample the receiving server with `perf record` during the run.
+
+    A profiling aid, not a figure: `perf report -i $BENCH_PERF_DIR/<label>.perf.data`.
+    """
+    out_dir = os.environ.get("BENCH_PERF_DIR")
+    if not out_dir or not pid:
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    p = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-e", "cpu-clock", "--call-graph", "dwarf,16384",
+                          "-p", str(pid), "-o", os.path.join(out_dir, f"{label}.perf.data")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # perf attaches to every thread before the run starts
+    return p
+
+
+def stop_profile(p):
+    if p is not None:
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=60)
+
+
+def run_storescu(port, files, tls, pki, ae_called, server_pid=None, time_limit=900):
+    """Send `files` with dcmtk's storescu over one association.
+
+    Besides the rate, reports the CPU each side spent per instance: on a 2-core machine the
+    sender and the receiver share the cores, so a receiver's CPU cost shows up in its rate.
+    """
     env = dict(os.environ, TCP_NODELAY="1")
     cmd = ["/usr/bin/storescu", "-aet", "BENCHSCU", "-aec", ae_called]
     if tls:
@@ -622,21 +682,32 @@ def run_storescu(port, files, tls, pki, ae_called, time_limit=900):
     cmd += ["127.0.0.1", str(port)] + files
     total = sum(os.path.getsize(p) for p in files)
     settle_disk()
+    perf = start_profile(server_pid, ae_called)
+    server_cpu0 = cpu_seconds(server_pid) if server_pid else None
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     try:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=time_limit)
     except subprocess.TimeoutExpired:
         return {"reason": "storescu time limit reached"}
     dt = time.time() - t0
+    stop_profile(perf)
     if r.returncode != 0:
         return {"reason": f"storescu exit {r.returncode}: {(r.stderr or r.stdout).strip()[-200:]}", "tls": tls}
-    return {"instances": len(files), "seconds": round(dt, 3), "instances_s": round(len(files) / dt, 2),
-            "mb_s": round(total / 1e6 / dt, 2), "tls": tls}
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sender_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    res = {"instances": len(files), "seconds": round(dt, 3), "instances_s": round(len(files) / dt, 2),
+           "mb_s": round(total / 1e6 / dt, 2), "tls": tls,
+           "sender_cpu_ms_per_instance": round(sender_cpu * 1000 / len(files), 3)}
+    server_cpu1 = cpu_seconds(server_pid) if server_pid else None
+    if server_cpu0 is not None and server_cpu1 is not None:
+        res["server_cpu_ms_per_instance"] = round((server_cpu1 - server_cpu0) * 1000 / len(files), 3)
+    return res
 
 
 def storescp_ceiling(work, files, pki):
     out = os.path.join(work, "storescp-out")
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     os.makedirs(out)
     port = free_port()
     tls = bool(pki)
@@ -655,14 +726,14 @@ def storescp_ceiling(work, files, pki):
                 break
             except OSError:
                 time.sleep(0.1)
-        res = run_storescu(port, files, tls, pki, "STORESCP")
+        res = run_storescu(port, files, tls, pki, "STORESCP", server_pid=p.pid)
     finally:
         p.terminate()
         try:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     return res
 
 
@@ -827,16 +898,16 @@ def cstore_section(server, r, args, sets, pki, work, skip_cstore=False):
     server.start()
     if isinstance(server, Orthanc):
         tls = server.storescu_tls()
-        res = run_storescu(server.dicom, sets["ct"], tls, pki, "ORTHANC")
+        res = run_storescu(server.dicom, sets["ct"], tls, pki, "ORTHANC", server.proc.pid)
         if "reason" in res and tls:
             log(f"  DICOM TLS to Orthanc failed ({res['reason']}); retrying in plain DICOM")
             server.tls_note = "plain DICOM (TLS setup failed)"
             server.start()
-            res = run_storescu(server.dicom, sets["ct"], False, pki, "ORTHANC")
+            res = run_storescu(server.dicom, sets["ct"], False, pki, "ORTHANC", server.proc.pid)
         r["cstore"] = res
     else:
         cpki = {"ca": server.ca, "client_cert": server.dev[0], "client_key": server.dev[1]}
-        r["cstore"] = run_storescu(server.dicom, sets["ct"], True, cpki, "CLEAVE")
+        r["cstore"] = run_storescu(server.dicom, sets["ct"], True, cpki, "CLEAVE", server.proc.pid)
     log(f"  {r['cstore']}")
     server.note_peak()
 
@@ -1018,6 +1089,7 @@ def main():
     work = tempfile.mkdtemp(prefix="cleave-bench-")
     if not args.keep:
         atexit.register(shutil.rmtree, work, True)
+    atexit.register(empty_trash)  # runs first (last registered): --keep keeps only the last data
     res = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": machine(), "options": vars(args)}
     try:
