@@ -146,11 +146,11 @@ impl Pipeline {
                     })
                     .and_then(|r| r)
             });
-            // While the vault decides, most of the blob goes to disk. A failed fsync fails
-            // the instance: after one, Linux may report the next as clean with data lost.
-            // No name means the vault failed first. Either way the pending blob is dropped
-            // (deleted).
-            let finished = match pending.flush_written() {
+            // While the vault decides, the blob's writeback starts and its directory entry
+            // becomes durable. A failed fsync fails the instance: after one, Linux may
+            // report the next as clean with data lost. No name means the vault failed
+            // first. Either way the pending blob is dropped (deleted).
+            let finished = match pending.prepare_finish() {
                 Err(e) => Some(Err(e)),
                 Ok(()) => named_rx.recv().ok().map(|p| pending.finish(&p)),
             };

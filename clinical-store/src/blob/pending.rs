@@ -95,11 +95,17 @@ impl BlobFile {
             }
         }
         if self.written - self.advised >= WRITEBACK_STEP {
-            let len = std::num::NonZeroU64::new(self.written - self.advised);
-            let _ = rustix::fs::fadvise(&self.file, self.advised, len, rustix::fs::Advice::DontNeed);
-            self.advised = self.written;
+            self.start_writeback();
         }
         Ok(())
+    }
+
+    /// Starts the disk writes of everything written and not yet advised, without waiting.
+    fn start_writeback(&mut self) {
+        if let Some(len) = std::num::NonZeroU64::new(self.written - self.advised) {
+            let _ = rustix::fs::fadvise(&self.file, self.advised, Some(len), rustix::fs::Advice::DontNeed);
+            self.advised = self.written;
+        }
     }
 }
 
@@ -230,6 +236,8 @@ pub struct PendingBlob {
     pub(super) enc: Option<MarkedEncoder>,
     /// The blob's own name: written in place (see `create_with`). Emptied once finished.
     dest: PathBuf,
+    /// The directory entry for `dest` is durable ([`PendingBlob::prepare_finish`]).
+    entry_durable: bool,
     pub(crate) id: BlobId,
 }
 
@@ -257,7 +265,7 @@ impl PendingBlob {
         // a file left by a crash is removed by the sweep when the store next opens.
         let mut file = durable::create_new_with_mode(&dest, 0o600).map_err(|e| Error::io("creating", &dest, e))?;
         // From here on the Drop impl removes the file on any failure.
-        let mut w = PendingBlob { enc: None, dest, id };
+        let mut w = PendingBlob { enc: None, dest, id, entry_durable: false };
         let blob_nonce = blob_nonce.unwrap_or_else(|| {
             let mut n = [0u8; 32];
             cleave_keys::random_bytes(&mut n);
@@ -284,13 +292,21 @@ impl PendingBlob {
         Ok(w)
     }
 
-    /// Writes back what has been sealed so far and waits for the disk, before the pseudonym
-    /// is known. Optional: [`PendingBlob::finish`] makes everything durable anyway. Called
-    /// while the vault is still deciding, it moves most of the blob's flush off the path
-    /// the sender waits on, leaving `finish` only the held chunks and the tail.
-    pub fn flush_written(&mut self) -> Result<(), Error> {
+    /// Does the disk work that does not need the pseudonym, before it is known: starts the
+    /// writeback of everything sealed so far (without waiting for it) and makes the file's
+    /// directory entry durable. Optional: [`PendingBlob::finish`] makes everything durable
+    /// anyway. Called while the vault is still deciding, it leaves `finish` one fsync of
+    /// the file, most of whose data is already on its way.
+    ///
+    /// Why not fsync the data here too: waiting for it, then for `finish`'s fsync of the
+    /// held chunks, put two disk round trips on the sender's path instead of one.
+    pub fn prepare_finish(&mut self) -> Result<(), Error> {
         let enc = self.enc.as_mut().ok_or(Error::WriterPoisoned)?;
-        enc.out.file.sync_data().map_err(|e| Error::io("syncing", &self.dest, e))
+        enc.out.start_writeback();
+        let dir = self.dest.parent().unwrap_or(Path::new("."));
+        durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
+        self.entry_durable = true;
+        Ok(())
     }
 
     /// Puts `pseudonym` where every marker is, seals what was kept back, and fsyncs the
@@ -306,12 +322,14 @@ impl PendingBlob {
         if replaced == 0 {
             return Err(Error::InvalidInput { field: "instance", rule: "the pseudonym marker was never written, so the object does not name its patient" });
         }
-        // The file, then its directory entry (on ext4 the first fsync already committed the
-        // entry, so the second finds nothing left to write).
+        // The file, then its directory entry unless `prepare_finish` already made it durable
+        // (the name never changes after creation).
         file.sync_all().map_err(|e| Error::io("syncing", &self.dest, e))?;
         drop(file);
-        let dir = self.dest.parent().unwrap_or(Path::new("."));
-        durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
+        if !self.entry_durable {
+            let dir = self.dest.parent().unwrap_or(Path::new("."));
+            durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
+        }
         Ok(FinishedBlob { id: self.id, dest: std::mem::take(&mut self.dest), written: WrittenBlob { plaintext_len }, pseudonym: pseudonym.to_owned() })
     }
 }
