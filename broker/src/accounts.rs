@@ -392,8 +392,19 @@ impl Accounts {
     }
 
     /// An enrolled, unrevoked device by certificate fingerprint.
+    ///
+    /// Asked on every C-STORE and device login: one lookup by primary key, not a scan of
+    /// every enrolled device.
     pub fn active_device(&self, fingerprint: &str) -> Result<Option<DeviceInfo>, Error> {
-        Ok(self.list_devices()?.into_iter().find(|d| d.fingerprint == fingerprint && !d.revoked))
+        self.conn()
+            .prepare_cached("SELECT fingerprint, label, ae_title, enrolled_by FROM devices WHERE fingerprint = ?1 AND revoked = 0")
+            .and_then(|mut st| {
+                st.query_row([fingerprint], |r| {
+                    Ok(DeviceInfo { fingerprint: r.get(0)?, label: r.get(1)?, ae_title: r.get(2)?, enrolled_by: r.get(3)?, revoked: false })
+                })
+                .optional()
+            })
+            .map_err(Error::db)
     }
 
     /// Revoke a device (by fingerprint, or by label) and every grant it holds.
@@ -534,8 +545,8 @@ impl Accounts {
     pub fn grant_is_live(&self, grant_id: &str) -> Result<bool, Error> {
         let row: Option<(i64, i64)> = self
             .conn()
-            .query_row("SELECT expires, revoked FROM grants WHERE grant_id = ?1", [grant_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
+            .prepare_cached("SELECT expires, revoked FROM grants WHERE grant_id = ?1")
+            .and_then(|mut st| st.query_row([grant_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(Error::db)?;
         Ok(row.is_some_and(|(expires, revoked)| revoked == 0 && expires > now_unix()))
     }

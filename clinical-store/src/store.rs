@@ -229,19 +229,16 @@ impl ClinicalStore {
 
     fn index_instance(&mut self, m: &InstanceMeta, blob: BlobId, size: u64) -> Result<PutOutcome, Error> {
         let tx = self.conn.transaction().map_err(Error::db("starting a put"))?;
-        if tx
-            .query_row("SELECT 1 FROM instances WHERE sop_instance_uid = ?1", [&m.sop_instance_uid], |_| Ok(()))
-            .optional()
+        if cached_row(&tx, "SELECT 1 FROM instances WHERE sop_instance_uid = ?1", [&m.sop_instance_uid], |_| Ok(()))
             .map_err(Error::db("checking for a stored instance"))?
             .is_some()
         {
             return Ok(PutOutcome::AlreadyStored);
         }
         let patient = upsert_patient(&tx, &m.pseudonym, m.sex.as_deref())?;
-        let study: Option<(String, String)> = tx
-            .query_row("SELECT id, patient_id FROM studies WHERE study_uid = ?1", [&m.study_uid], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(Error::db("looking up a study"))?;
+        let study: Option<(String, String)> =
+            cached_row(&tx, "SELECT id, patient_id FROM studies WHERE study_uid = ?1", [&m.study_uid], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(Error::db("looking up a study"))?;
         let study_id = match study {
             Some((id, owner)) if owner == patient => id,
             Some(_) => return Err(Error::Conflict("the study UID is already filed under another pseudonym")),
@@ -256,10 +253,9 @@ impl ClinicalStore {
                 id
             }
         };
-        let series: Option<(String, String)> = tx
-            .query_row("SELECT id, study_id FROM series WHERE series_uid = ?1", [&m.series_uid], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(Error::db("looking up a series"))?;
+        let series: Option<(String, String)> =
+            cached_row(&tx, "SELECT id, study_id FROM series WHERE series_uid = ?1", [&m.series_uid], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(Error::db("looking up a series"))?;
         let series_id = match series {
             Some((id, owner)) if owner == study_id => id,
             Some(_) => return Err(Error::Conflict("the series UID is already filed under another study")),
@@ -283,7 +279,8 @@ impl ClinicalStore {
                 id
             }
         };
-        tx.execute(
+        cached_exec(
+            &tx,
             "INSERT INTO instances (id, sop_instance_uid, series_id, sop_class_uid, transfer_syntax, instance_number, blob_id, size, frames, not_for_research)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -647,11 +644,21 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
 }
 
 /// The patient row's id for a pseudonym, creating it if new; records sex if newly known.
+/// One row of a query run through the connection's statement cache. The put path runs the
+/// same few statements for every instance while the sender waits: parse them once.
+fn cached_row<T, P: rusqlite::Params>(c: &Connection, sql: &str, params: P, f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
+    c.prepare_cached(sql)?.query_row(params, f).optional()
+}
+
+/// A statement run through the connection's statement cache (see [`cached_row`]).
+fn cached_exec<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
 fn upsert_patient(tx: &Connection, pseudonym: &str, sex: Option<&str>) -> Result<String, Error> {
-    let found: Option<(String, Option<String>)> = tx
-        .query_row("SELECT id, sex FROM patients WHERE pseudonym = ?1", [pseudonym], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map_err(Error::db("looking up a patient"))?;
+    let found: Option<(String, Option<String>)> =
+        cached_row(tx, "SELECT id, sex FROM patients WHERE pseudonym = ?1", [pseudonym], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(Error::db("looking up a patient"))?;
     match found {
         Some((id, known)) => {
             if known.is_none() && sex.is_some() {
