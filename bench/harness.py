@@ -515,14 +515,21 @@ def stow(server, paths, clients, read_session=None, time_limit=900):
                 urls.extend(server.dicomweb + "/studies/" + u.split("/studies/", 1)[1]
                             for u in got if u and "/studies/" in u)
 
+    pid = server.proc.pid if server.proc is not None else None
+    perf = start_profile(pid, f"{server.name}-stow-{clients}") if len(paths) > 10 else None
+    cpu0 = cpu_seconds(pid) if pid else None
     t0 = time.time()
     with cf.ThreadPoolExecutor(clients) as ex:
         for f in [ex.submit(worker) for _ in range(clients)]:
             f.result()
     dt = time.time() - t0
+    cpu1 = cpu_seconds(pid) if pid else None
+    stop_profile(perf)
     ok = len(paths) - len(fails) - len(queue)
     res = {"clients": clients, "instances": len(paths), "ok": ok, "failed": len(fails),
            "seconds": round(dt, 3), "bytes": total_bytes}
+    if cpu0 is not None and cpu1 is not None and ok:
+        res["server_cpu_ms_per_instance"] = round((cpu1 - cpu0) * 1000 / ok, 3)
     if ok == len(paths):
         res["instances_s"] = round(ok / dt, 2)
         res["mb_s"] = round(total_bytes / 1e6 / dt, 2)
@@ -648,7 +655,7 @@ def cpu_seconds(pid):
 
 
 def start_profile(pid, label):
-    """With BENCH_PERF_DIR set, sample the receiving server with `perf record` during the run.
+    """With BENCH_PERF_DIR set, sample a server with `perf record` during a timed run.
 
     A profiling aid, not a figure: `perf report -i $BENCH_PERF_DIR/<label>.perf.data`.
     """
@@ -1010,12 +1017,14 @@ def table(res, args):
     row("STOW-RS CT, 1 client, MB/s", ("stow_ct_1", "mb_s"))
     row("STOW-RS CT, 4 clients, instances/s", ("stow_ct_4", "instances_s"))
     row("STOW-RS CT, 4 clients, MB/s", ("stow_ct_4", "mb_s"))
+    row("STOW-RS CT, 4 clients, server CPU ms per instance (lower is better)", ("stow_ct_4", "server_cpu_ms_per_instance"))
     if args.mammo:
         row(f"STOW-RS mammography ({args.mammo} × 50 MB), 1 client, MB/s", ("stow_mammo_1", "mb_s"))
     tls_o = get(o, "cstore", "tls")
     row(f"C-STORE storescu, CT, instances/s (Orthanc: {'DICOM TLS' if tls_o else 'plain DICOM'}; ours: DICOM TLS)",
         ("cstore", "instances_s"))
     row("C-STORE storescu, CT, MB/s", ("cstore", "mb_s"))
+    row("C-STORE storescu, CT, server CPU ms per instance (lower is better)", ("cstore", "server_cpu_ms_per_instance"))
     row("WADO-RS single instance, concurrency 1, p50 ms", ("wado_1", "p50_ms"))
     row("WADO-RS single instance, concurrency 1, p99 ms", ("wado_1", "p99_ms"))
     row("WADO-RS single instance, concurrency 16, p50 ms", ("wado_16", "p50_ms"))
@@ -1039,6 +1048,7 @@ def table(res, args):
         "",
         f"C-STORE ceiling, dcmtk storescp writing files ({'DICOM TLS' if sp.get('tls') else 'plain DICOM'}): "
         f"{fmt(sp.get('instances_s'))} instances/s, {fmt(sp.get('mb_s'))} MB/s"
+        + (f", {fmt(sp.get('server_cpu_ms_per_instance'))} ms CPU per instance" if sp.get("server_cpu_ms_per_instance") else "")
         + (f" ({sp['reason']})" if sp.get("reason") else "")
         + (f"; ours/storescp = {get(c, 'cstore', 'instances_s') / sp['instances_s']:.2f}"
            if isinstance(get(c, 'cstore', 'instances_s'), (int, float)) and sp.get("instances_s") else "")
