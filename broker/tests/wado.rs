@@ -172,6 +172,21 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     assert_eq!((inst[0]["00280010"]["Value"][0].as_u64(), inst[0]["00280011"]["Value"][0].as_u64()), (Some(128), Some(128)));
     assert_eq!(inst[0]["00280008"]["Value"][0], 1);
     assert!(!CANARIES.iter().any(|c| r.body.contains(c)), "QIDO answers carry no identity");
+    // The study's instances across its series (PS3.18 "Study's Instances"), with the series
+    // as a key: the same instance, and nothing for another series.
+    let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}/instances"), Some(&nurse)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let all = r.json();
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["00080018"]["Value"][0], sop_a.as_str());
+    assert_eq!(all[0]["0020000E"]["Value"][0], series_a.as_str());
+    assert!(!CANARIES.iter().any(|c| r.body.contains(c)), "QIDO answers carry no identity");
+    let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}/instances?SeriesInstanceUID={series_a}"), Some(&nurse)).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+    let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}/instances?SeriesInstanceUID=1.2.3.4"), Some(&nurse)).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(0), "the SeriesInstanceUID key filters");
+    let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}/instances?SeriesInstanceUID=not-a-uid"), Some(&nurse)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
 
     // WADO-RS of the study: the nurse gets the original identity back, pixels untouched.
     let study = get_raw(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}"), &nurse, Some("multipart/related; type=\"application/dicom\"")).await;
@@ -286,7 +301,13 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     let r = get(c, anon.clone(), &format!("{path}/metadata"), Some(&study_share)).await;
     assert!(!CANARIES.iter().any(|x| r.body.contains(x)), "metadata of a clinical share: {}", r.body);
     assert_eq!(get(c, anon.clone(), &format!("{path}/series"), Some(&study_share)).await.status, 200);
-    for other in [format!("/dicomweb/studies/{study_b}"), format!("/dicomweb/studies/{study_b}/series"), format!("/dicomweb/studies/{study_b}/series/{series_a}/instances/{sop_a}")] {
+    assert_eq!(get(c, anon.clone(), &format!("{path}/instances"), Some(&study_share)).await.status, 200);
+    for other in [
+        format!("/dicomweb/studies/{study_b}"),
+        format!("/dicomweb/studies/{study_b}/series"),
+        format!("/dicomweb/studies/{study_b}/instances"),
+        format!("/dicomweb/studies/{study_b}/series/{series_a}/instances/{sop_a}"),
+    ] {
         let r = get(c, anon.clone(), &other, Some(&study_share)).await;
         assert_eq!(r.status, 403, "share for study A fetched {other}: {}", r.body);
     }

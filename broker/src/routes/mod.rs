@@ -75,6 +75,7 @@ pub(crate) fn router(state: AppState) -> Router {
         // when the token may also read it; also served on the consultant listener.
         .route("/dicomweb/studies/{study}/metadata", get(wado::study_metadata))
         .route("/dicomweb/studies/{study}/series", get(wado::qido_series))
+        .route("/dicomweb/studies/{study}/instances", get(wado::qido_study_instances))
         .route("/dicomweb/studies/{study}/series/{series}", get(wado::retrieve_series))
         .route("/dicomweb/studies/{study}/series/{series}/metadata", get(wado::series_metadata))
         .route("/dicomweb/studies/{study}/series/{series}/instances", get(wado::qido_instances))

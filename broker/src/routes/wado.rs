@@ -55,6 +55,7 @@ use cleave_tokens::{Op, Store};
 
 const R_SERIES_SEARCH: &str = "/dicomweb/studies/{study}/series";
 const R_INSTANCE_SEARCH: &str = "/dicomweb/studies/{study}/series/{series}/instances";
+const R_STUDY_INSTANCE_SEARCH: &str = "/dicomweb/studies/{study}/instances";
 const R_STUDY: &str = "/dicomweb/studies/{study}";
 const R_SERIES: &str = "/dicomweb/studies/{study}/series/{series}";
 const R_INSTANCE: &str = "/dicomweb/studies/{study}/series/{series}/instances/{instance}";
@@ -612,12 +613,38 @@ pub async fn qido_instances(
     h: HeaderMap,
 ) -> Result<Response, Error> {
     let t = Target::new(study, Some(series), None, true)?;
+    search_instances(s, c, q, h, t, R_INSTANCE_SEARCH).await
+}
+
+/// `GET /dicomweb/studies/{study}/instances` (PS3.18's "Study's Instances"): every
+/// instance of the study, in all its series; the keys of the series-level search, plus
+/// `SeriesInstanceUID`. The same authorization as the study's other reads.
+pub async fn qido_study_instances(
+    State(s): State<AppState>,
+    Extension(c): Extension<ConnInfo>,
+    Path(study): Path<String>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    h: HeaderMap,
+) -> Result<Response, Error> {
+    let t = Target::new(study, None, None, true)?;
+    search_instances(s, c, q, h, t, R_STUDY_INSTANCE_SEARCH).await
+}
+
+async fn search_instances(
+    s: AppState,
+    c: ConnInfo,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    h: HeaderMap,
+    t: Target,
+    route: &'static str,
+) -> Result<Response, Error> {
     let q = query(q)?;
     let (limit, offset) = limit_offset(&q)?;
     let sop = query_uid(&q, "SOPInstanceUID")?;
     let class = query_uid(&q, "SOPClassUID")?;
+    let series_uid = query_uid(&q, "SeriesInstanceUID")?;
     let number = q.get("InstanceNumber").map(|n| n.parse::<i64>().map_err(|_| Error::bad_request("InstanceNumber must be an integer"))).transpose()?;
-    let a = access(&s, &c, &h, R_INSTANCE_SEARCH, t, false).await?;
+    let a = access(&s, &c, &h, route, t, false).await?;
     if !json_acceptable(&h) {
         return Err(Error::NotAcceptable("search results are sent as application/dicom+json only".into()));
     }
@@ -628,6 +655,7 @@ pub async fn qido_instances(
         .iter()
         .filter(|i| sop.as_ref().is_none_or(|u| *u == i.sop_instance_uid))
         .filter(|i| class.as_ref().is_none_or(|u| *u == i.sop_class_uid))
+        .filter(|i| series_uid.as_ref().is_none_or(|u| *u == i.series_uid))
         .filter(|i| number.is_none_or(|n| i.instance_number == Some(n)))
         .skip(offset)
         .take(limit)
