@@ -187,6 +187,25 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     assert_eq!(r.json().as_array().map(Vec::len), Some(0), "the SeriesInstanceUID key filters");
     let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}/instances?SeriesInstanceUID=not-a-uid"), Some(&nurse)).await;
     assert_eq!(r.status, 400, "{}", r.body);
+    // All series, across studies (PS3.18 "All Series"): de-identified, keyed like the rest.
+    let r = get(a, nurse_cfg.clone(), "/dicomweb/series", Some(&nurse)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let all = r.json();
+    let uids: Vec<&str> = all.as_array().unwrap().iter().map(|x| x["0020000E"]["Value"][0].as_str().unwrap()).collect();
+    assert!(uids.contains(&series_a.as_str()) && uids.len() > 1, "every study's series: {all}");
+    assert!(!CANARIES.iter().any(|c| r.body.contains(c)), "QIDO answers carry no identity");
+    let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/series?StudyInstanceUID={study_a}"), Some(&nurse)).await;
+    let one = r.json();
+    assert_eq!(one.as_array().map(Vec::len), Some(1), "{one}");
+    assert_eq!(one[0]["0020000E"]["Value"][0], series_a.as_str());
+    assert_eq!(one[0]["0020000D"]["Value"][0], study_a.as_str());
+    assert!(one[0]["00100020"]["Value"][0].as_str().is_some_and(|p| !p.is_empty()), "PatientID is the pseudonym");
+    let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/series?StudyInstanceUID={study_a}&Modality=MR"), Some(&nurse)).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(0), "the Modality key filters");
+    for bad in ["/dicomweb/series?Modality=ct%27%20OR%201%3D1", "/dicomweb/series?SeriesInstanceUID=1..2", "/dicomweb/series?limit=-1"] {
+        let r = get(a, nurse_cfg.clone(), bad, Some(&nurse)).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
 
     // WADO-RS of the study: the nurse gets the original identity back, pixels untouched.
     let study = get_raw(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}"), &nurse, Some("multipart/related; type=\"application/dicom\"")).await;
@@ -302,6 +321,15 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     assert!(!CANARIES.iter().any(|x| r.body.contains(x)), "metadata of a clinical share: {}", r.body);
     assert_eq!(get(c, anon.clone(), &format!("{path}/series"), Some(&study_share)).await.status, 200);
     assert_eq!(get(c, anon.clone(), &format!("{path}/instances"), Some(&study_share)).await.status, 200);
+    // Across studies, a study share must name its study, and then sees that study only.
+    let r = get(c, anon.clone(), &format!("/dicomweb/series?StudyInstanceUID={study_a}"), Some(&study_share)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+    assert!(!CANARIES.iter().any(|x| r.body.contains(x)));
+    for other in ["/dicomweb/series".to_owned(), format!("/dicomweb/series?StudyInstanceUID={study_b}")] {
+        let r = get(c, anon.clone(), &other, Some(&study_share)).await;
+        assert_eq!(r.status, 403, "share for study A searched {other}: {}", r.body);
+    }
     for other in [
         format!("/dicomweb/studies/{study_b}"),
         format!("/dicomweb/studies/{study_b}/series"),
@@ -324,6 +352,13 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     assert_eq!(open_parts(&r, work.path(), "share-patient")[0]["PatientIdentityRemoved"], "YES");
     assert_eq!(get(c, anon.clone(), &format!("/dicomweb/studies/{study_b}"), Some(&patient_share)).await.status, 403);
     assert_eq!(get(c, anon.clone(), "/dicomweb/studies/1.2.3.4.5.6", Some(&patient_share)).await.status, 403, "unknown and foreign look alike");
+    // Across studies, a patient share must name its patient, and then sees only that patient.
+    assert_eq!(get(c, anon.clone(), "/dicomweb/series", Some(&patient_share)).await.status, 403);
+    let r = get(c, anon.clone(), &format!("/dicomweb/series?PatientID={pseudonym_a}"), Some(&patient_share)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mine = r.json();
+    assert!(!mine.as_array().unwrap().is_empty());
+    assert!(mine.as_array().unwrap().iter().all(|x| x["00100020"]["Value"][0] == pseudonym_a.as_str()), "{mine}");
     let (with_identity, _) = share(&base, &[Caveat::Stores(StoreSet::of(&[Store::Clinical, Store::Identity])), patient]);
     let r = get_raw(c, anon.clone(), &path, &with_identity, None).await;
     assert_eq!(open_parts(&r, work.path(), "share-identity")[0]["PatientName"], "CANARY^ALICE");

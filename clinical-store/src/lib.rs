@@ -35,7 +35,7 @@ pub use error::Error;
 pub use keys::StoreKeys;
 pub use records::{
     InstanceMeta, InstanceRecord, NewNote, NewObservation, NoteRecord, ObservationRecord, ObservationValue,
-    PatientRecord, PutOutcome, SeriesRecord, StudyQuery, StudyRecord,
+    PatientRecord, PutOutcome, SeriesQuery, SeriesRecord, StudyQuery, StudyRecord,
 };
 pub use store::{ClinicalStore, DEFAULT_IDLE_TTL};
 

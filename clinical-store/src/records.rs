@@ -141,6 +141,25 @@ impl std::fmt::Debug for StudyQuery {
     }
 }
 
+/// What [`crate::ClinicalStore::find_series`] looks for, across studies; each field that is
+/// set narrows the search.
+#[derive(Clone, Default)]
+pub struct SeriesQuery {
+    pub pseudonym: Option<String>,
+    pub study_uid: Option<String>,
+    pub series_uid: Option<String>,
+    pub modality: Option<String>,
+    /// At most this many series (default and cap: 1000).
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+impl std::fmt::Debug for SeriesQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeriesQuery(<redacted>)")
+    }
+}
+
 /// A clinical note to add. The text is sealed.
 pub struct NewNote {
     pub pseudonym: String,

@@ -411,6 +411,67 @@ impl ClinicalStore {
         Ok(out)
     }
 
+    /// Series across studies (QIDO-RS's top-level series search), each with its patient's
+    /// pseudonym: newest study first, then by series number.
+    pub fn find_series(&self, q: &SeriesQuery) -> Result<Vec<(String, SeriesRecord)>, Error> {
+        let mut sql = String::from(
+            "SELECT se.id, se.series_uid, st.study_uid, se.modality, se.series_number, se.description,
+                    (SELECT COUNT(*) FROM instances i WHERE i.series_id = se.id), p.pseudonym
+             FROM series se JOIN studies st ON st.id = se.study_id JOIN patients p ON p.id = st.patient_id WHERE 1=1",
+        );
+        let mut args: Vec<String> = Vec::new();
+        if let Some(p) = &q.pseudonym {
+            validate::pseudonym(p)?;
+            args.push(p.clone());
+            sql.push_str(&format!(" AND p.pseudonym = ?{}", args.len()));
+        }
+        if let Some(u) = &q.study_uid {
+            validate::uid("study UID", u)?;
+            args.push(u.clone());
+            sql.push_str(&format!(" AND st.study_uid = ?{}", args.len()));
+        }
+        if let Some(u) = &q.series_uid {
+            validate::uid("series UID", u)?;
+            args.push(u.clone());
+            sql.push_str(&format!(" AND se.series_uid = ?{}", args.len()));
+        }
+        if let Some(m) = &q.modality {
+            validate::code_string("modality", m)?;
+            args.push(m.clone());
+            sql.push_str(&format!(" AND se.modality = ?{}", args.len()));
+        }
+        let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
+        sql.push_str(&format!(
+            " ORDER BY st.study_date DESC, st.study_uid, se.series_number, se.series_uid LIMIT {limit} OFFSET {}",
+            q.offset
+        ));
+        let mut st = self.conn.prepare(&sql).map_err(Error::db("searching series"))?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(7)?,
+                    SeriesRecord {
+                        series_uid: r.get(1)?,
+                        study_uid: r.get(2)?,
+                        modality: r.get(3)?,
+                        series_number: r.get(4)?,
+                        description: None,
+                        instance_count: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+                    },
+                    r.get::<_, Option<Vec<u8>>>(5)?,
+                ))
+            })
+            .map_err(Error::db("searching series"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, pseudonym, mut rec, desc) = row.map_err(Error::db("searching series"))?;
+            rec.description = self.open_sealed_opt("series", "description", &id, desc)?;
+            out.push((pseudonym, rec));
+        }
+        Ok(out)
+    }
+
     /// The series of a study, by series number.
     pub fn list_series(&self, study_uid: &str) -> Result<Vec<SeriesRecord>, Error> {
         validate::uid("study UID", study_uid)?;

@@ -1,5 +1,6 @@
-//! DICOMweb reads (PS3.18): QIDO-RS search of a study's series and a series' instances, and
-//! WADO-RS retrieve of studies, series and instances, their metadata and their frames.
+//! DICOMweb reads (PS3.18): QIDO-RS search of all series, a study's series and instances and
+//! a series' instances, and WADO-RS retrieve of studies, series and instances, their metadata
+//! and their frames.
 //!
 //! Every route authorizes as `qido_studies` does (read on the clinical store, the study in
 //! the request's facts; for a token limited to one patient, the study's patient too, see
@@ -56,6 +57,7 @@ use cleave_tokens::{Op, Store};
 const R_SERIES_SEARCH: &str = "/dicomweb/studies/{study}/series";
 const R_INSTANCE_SEARCH: &str = "/dicomweb/studies/{study}/series/{series}/instances";
 const R_STUDY_INSTANCE_SEARCH: &str = "/dicomweb/studies/{study}/instances";
+const R_ALL_SERIES_SEARCH: &str = "/dicomweb/series";
 const R_STUDY: &str = "/dicomweb/studies/{study}";
 const R_SERIES: &str = "/dicomweb/studies/{study}/series/{series}";
 const R_INSTANCE: &str = "/dicomweb/studies/{study}/series/{series}/instances/{instance}";
@@ -596,6 +598,78 @@ pub async fn qido_series(
                 "0008103E": attr("LO", desc.into_iter().collect()),
                 "00201209": attr("IS", vec![json!(se.instance_count)]),
                 "00081190": attr("UR", vec![json!(format!("{base}/dicomweb/studies/{}/series/{}", a.study, se.series_uid))]),
+            })
+        })
+        .collect();
+    Ok(dicom_json_response(Value::Array(out)))
+}
+
+/// `GET /dicomweb/series` (PS3.18's "All Series"): series across studies; keys `PatientID`
+/// (the pseudonym), `StudyInstanceUID`, `SeriesInstanceUID`, `Modality`, `limit`, `offset`.
+///
+/// Authorized like `qido_studies`: read on the clinical store, with the patient and the study
+/// in the request's facts when the query names them, so a token limited to one patient or
+/// one study must name it (and then sees only it), and a token limited to nothing sees all.
+/// Answers are de-identified (PatientID is the pseudonym); one audit entry names the patients
+/// whose series were listed.
+pub async fn qido_all_series(
+    State(s): State<AppState>,
+    Extension(c): Extension<ConnInfo>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    h: HeaderMap,
+) -> Result<Response, Error> {
+    let q = query(q)?;
+    let (limit, offset) = limit_offset(&q)?;
+    let study = query_uid(&q, "StudyInstanceUID")?;
+    let series_uid = query_uid(&q, "SeriesInstanceUID")?;
+    let mut need = Need::new(Op::Read, Store::Clinical, R_ALL_SERIES_SEARCH);
+    if let Some(p) = q.get("PatientID") {
+        need = need.patient(p)?;
+    }
+    if let Some(u) = &study {
+        need = need.study(u)?;
+    }
+    let caller = authorize(&s, &c, &h, need)?;
+    if !json_acceptable(&h) {
+        return Err(Error::NotAcceptable("search results are sent as application/dicom+json only".into()));
+    }
+    let modality = q.get("Modality").cloned();
+    if modality.as_deref().is_some_and(|m| m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b' ')) {
+        return Err(Error::bad_request("Modality must be a DICOM code string (CS), such as CT"));
+    }
+    // A token limited to one patient searches only that patient.
+    let pseudonym = q.get("PatientID").cloned().or_else(|| caller.proof.effective().patient().map(|p| p.as_str().to_owned()));
+    let sq = clinical_store::SeriesQuery {
+        pseudonym,
+        study_uid: study,
+        series_uid,
+        modality,
+        limit: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
+        offset: u32::try_from(offset).map_err(|_| Error::bad_request("offset is too large"))?,
+    };
+    let found = with_clinical(&s, &caller, move |st| st.find_series(&sq)).await?;
+    let mut e = caller.event("access", "allow");
+    e.op = Some("read");
+    e.store = Some("clinical");
+    e.route = Some(R_ALL_SERIES_SEARCH.into());
+    e.patients = found.iter().map(|(p, _)| p.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if !e.patients.is_empty() {
+        s.audit.record(&e)?;
+    }
+    let base = base_url(&h);
+    let out: Vec<Value> = found
+        .iter()
+        .map(|(pseudonym, se)| {
+            let desc = se.description.as_ref().and_then(|d| d.as_str()).map(|d| json!(d));
+            json!({
+                "00100020": attr("LO", vec![json!(pseudonym)]),
+                "0020000D": attr("UI", vec![json!(se.study_uid)]),
+                "0020000E": attr("UI", vec![json!(se.series_uid)]),
+                "00080060": attr("CS", vec![json!(se.modality)]),
+                "00200011": attr("IS", se.series_number.iter().map(|n| json!(n)).collect()),
+                "0008103E": attr("LO", desc.into_iter().collect()),
+                "00201209": attr("IS", vec![json!(se.instance_count)]),
+                "00081190": attr("UR", vec![json!(format!("{base}/dicomweb/studies/{}/series/{}", se.study_uid, se.series_uid))]),
             })
         })
         .collect();
