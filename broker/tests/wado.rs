@@ -202,7 +202,28 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     assert!(one[0]["00100020"]["Value"][0].as_str().is_some_and(|p| !p.is_empty()), "PatientID is the pseudonym");
     let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/series?StudyInstanceUID={study_a}&Modality=MR"), Some(&nurse)).await;
     assert_eq!(r.json().as_array().map(Vec::len), Some(0), "the Modality key filters");
-    for bad in ["/dicomweb/series?Modality=ct%27%20OR%201%3D1", "/dicomweb/series?SeriesInstanceUID=1..2", "/dicomweb/series?limit=-1"] {
+    // All instances, across studies (PS3.18 "All Instances").
+    let r = get(a, nurse_cfg.clone(), "/dicomweb/instances", Some(&nurse)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let all = r.json();
+    let sops: Vec<&str> = all.as_array().unwrap().iter().map(|x| x["00080018"]["Value"][0].as_str().unwrap()).collect();
+    assert!(sops.contains(&sop_a.as_str()) && sops.len() > 1, "every study's instances: {all}");
+    assert!(!CANARIES.iter().any(|c| r.body.contains(c)), "QIDO answers carry no identity");
+    let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/instances?SOPInstanceUID={sop_a}"), Some(&nurse)).await;
+    let one = r.json();
+    assert_eq!(one.as_array().map(Vec::len), Some(1), "{one}");
+    assert_eq!((one[0]["00280010"]["Value"][0].as_u64(), one[0]["00280011"]["Value"][0].as_u64()), (Some(128), Some(128)));
+    assert_eq!(one[0]["0020000D"]["Value"][0], study_a.as_str());
+    assert!(one[0]["00100020"]["Value"][0].as_str().is_some_and(|p| !p.is_empty()), "PatientID is the pseudonym");
+    let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/instances?StudyInstanceUID={study_a}&limit=1&offset=1"), Some(&nurse)).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(0), "offset past the study's one instance");
+    for bad in [
+        "/dicomweb/series?Modality=ct%27%20OR%201%3D1",
+        "/dicomweb/series?SeriesInstanceUID=1..2",
+        "/dicomweb/series?limit=-1",
+        "/dicomweb/instances?SOPClassUID=1.2.x",
+        "/dicomweb/instances?Modality=%3B",
+    ] {
         let r = get(a, nurse_cfg.clone(), bad, Some(&nurse)).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
     }
@@ -326,7 +347,15 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json().as_array().map(Vec::len), Some(1));
     assert!(!CANARIES.iter().any(|x| r.body.contains(x)));
-    for other in ["/dicomweb/series".to_owned(), format!("/dicomweb/series?StudyInstanceUID={study_b}")] {
+    let r = get(c, anon.clone(), &format!("/dicomweb/instances?StudyInstanceUID={study_a}"), Some(&study_share)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+    for other in [
+        "/dicomweb/series".to_owned(),
+        format!("/dicomweb/series?StudyInstanceUID={study_b}"),
+        "/dicomweb/instances".to_owned(),
+        format!("/dicomweb/instances?StudyInstanceUID={study_b}"),
+    ] {
         let r = get(c, anon.clone(), &other, Some(&study_share)).await;
         assert_eq!(r.status, 403, "share for study A searched {other}: {}", r.body);
     }
@@ -354,6 +383,10 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     assert_eq!(get(c, anon.clone(), "/dicomweb/studies/1.2.3.4.5.6", Some(&patient_share)).await.status, 403, "unknown and foreign look alike");
     // Across studies, a patient share must name its patient, and then sees only that patient.
     assert_eq!(get(c, anon.clone(), "/dicomweb/series", Some(&patient_share)).await.status, 403);
+    assert_eq!(get(c, anon.clone(), "/dicomweb/instances", Some(&patient_share)).await.status, 403);
+    let r = get(c, anon.clone(), &format!("/dicomweb/instances?PatientID={pseudonym_a}"), Some(&patient_share)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json().as_array().unwrap().iter().all(|x| x["00100020"]["Value"][0] == pseudonym_a.as_str()));
     let r = get(c, anon.clone(), &format!("/dicomweb/series?PatientID={pseudonym_a}"), Some(&patient_share)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let mine = r.json();

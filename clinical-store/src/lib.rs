@@ -34,7 +34,7 @@ pub use blob::{BlobReader, BlobWriter, FinishedBlob, PendingBlob, DEFAULT_CHUNK_
 pub use error::Error;
 pub use keys::StoreKeys;
 pub use records::{
-    InstanceMeta, InstanceRecord, NewNote, NewObservation, NoteRecord, ObservationRecord, ObservationValue,
+    InstanceMeta, InstanceQuery, InstanceRecord, NewNote, NewObservation, NoteRecord, ObservationRecord, ObservationValue,
     PatientRecord, PutOutcome, SeriesQuery, SeriesRecord, StudyQuery, StudyRecord,
 };
 pub use store::{ClinicalStore, DEFAULT_IDLE_TTL};

@@ -160,6 +160,27 @@ impl std::fmt::Debug for SeriesQuery {
     }
 }
 
+/// What [`crate::ClinicalStore::find_instances`] looks for, across studies and series; each
+/// field that is set narrows the search.
+#[derive(Clone, Default)]
+pub struct InstanceQuery {
+    pub pseudonym: Option<String>,
+    pub study_uid: Option<String>,
+    pub series_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+    pub sop_class_uid: Option<String>,
+    pub modality: Option<String>,
+    /// At most this many instances (default and cap: 1000).
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+impl std::fmt::Debug for InstanceQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstanceQuery(<redacted>)")
+    }
+}
+
 /// A clinical note to add. The text is sealed.
 pub struct NewNote {
     pub pseudonym: String,

@@ -525,6 +525,50 @@ impl ClinicalStore {
         rows.collect::<Result<_, _>>().map_err(Error::db("listing instances"))
     }
 
+    /// Instances across studies and series (QIDO-RS's top-level instance search), each with
+    /// its patient's pseudonym: newest study first, then by series and instance number.
+    pub fn find_instances(&self, q: &InstanceQuery) -> Result<Vec<(String, InstanceRecord)>, Error> {
+        let mut sql = String::from(
+            "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
+                    i.instance_number, i.size, i.frames, i.not_for_research, p.pseudonym
+             FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
+                  JOIN patients p ON p.id = st.patient_id WHERE 1=1",
+        );
+        let mut args: Vec<String> = Vec::new();
+        if let Some(p) = &q.pseudonym {
+            validate::pseudonym(p)?;
+            args.push(p.clone());
+            sql.push_str(&format!(" AND p.pseudonym = ?{}", args.len()));
+        }
+        for (value, what, column) in [
+            (&q.study_uid, "study UID", "st.study_uid"),
+            (&q.series_uid, "series UID", "se.series_uid"),
+            (&q.sop_instance_uid, "SOP instance UID", "i.sop_instance_uid"),
+            (&q.sop_class_uid, "SOP class UID", "i.sop_class_uid"),
+        ] {
+            if let Some(u) = value {
+                validate::uid(what, u)?;
+                args.push(u.clone());
+                sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+            }
+        }
+        if let Some(m) = &q.modality {
+            validate::code_string("modality", m)?;
+            args.push(m.clone());
+            sql.push_str(&format!(" AND se.modality = ?{}", args.len()));
+        }
+        let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
+        sql.push_str(&format!(
+            " ORDER BY st.study_date DESC, st.study_uid, se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid LIMIT {limit} OFFSET {}",
+            q.offset
+        ));
+        let mut st = self.conn.prepare(&sql).map_err(Error::db("searching instances"))?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get::<_, String>(9)?, instance_from_row(r)?)))
+            .map_err(Error::db("searching instances"))?;
+        rows.collect::<Result<_, _>>().map_err(Error::db("searching instances"))
+    }
+
     fn study_id_for(tx: &Connection, patient: &str, study_uid: Option<&str>) -> Result<Option<String>, Error> {
         let Some(uid) = study_uid else { return Ok(None) };
         validate::uid("study UID", uid)?;

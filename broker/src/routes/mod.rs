@@ -72,6 +72,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/dicomweb/studies", get(clinical::qido_studies).post(stow::stow))
         .route("/dicomweb/studies/{study}", get(wado::retrieve_study))
         .route("/dicomweb/series", get(wado::qido_all_series))
+        .route("/dicomweb/instances", get(wado::qido_all_instances))
         // DICOMweb reads (QIDO-RS below a study, WADO-RS): clinical read, identity restored
         // when the token may also read it; also served on the consultant listener.
         .route("/dicomweb/studies/{study}/metadata", get(wado::study_metadata))

@@ -1,4 +1,4 @@
-//! DICOMweb reads (PS3.18): QIDO-RS search of all series, a study's series and instances and
+//! DICOMweb reads (PS3.18): QIDO-RS search of all series and instances, a study's series and instances and
 //! a series' instances, and WADO-RS retrieve of studies, series and instances, their metadata
 //! and their frames.
 //!
@@ -58,6 +58,7 @@ const R_SERIES_SEARCH: &str = "/dicomweb/studies/{study}/series";
 const R_INSTANCE_SEARCH: &str = "/dicomweb/studies/{study}/series/{series}/instances";
 const R_STUDY_INSTANCE_SEARCH: &str = "/dicomweb/studies/{study}/instances";
 const R_ALL_SERIES_SEARCH: &str = "/dicomweb/series";
+const R_ALL_INSTANCE_SEARCH: &str = "/dicomweb/instances";
 const R_STUDY: &str = "/dicomweb/studies/{study}";
 const R_SERIES: &str = "/dicomweb/studies/{study}/series/{series}";
 const R_INSTANCE: &str = "/dicomweb/studies/{study}/series/{series}/instances/{instance}";
@@ -607,11 +608,9 @@ pub async fn qido_series(
 /// `GET /dicomweb/series` (PS3.18's "All Series"): series across studies; keys `PatientID`
 /// (the pseudonym), `StudyInstanceUID`, `SeriesInstanceUID`, `Modality`, `limit`, `offset`.
 ///
-/// Authorized like `qido_studies`: read on the clinical store, with the patient and the study
-/// in the request's facts when the query names them, so a token limited to one patient or
-/// one study must name it (and then sees only it), and a token limited to nothing sees all.
-/// Answers are de-identified (PatientID is the pseudonym); one audit entry names the patients
-/// whose series were listed.
+/// Authorized as [`authorize_cross_study`] says: a token limited to one patient or one study
+/// must name it (and then sees only it); a token limited to neither sees all. Answers are
+/// de-identified (PatientID is the pseudonym); one audit entry names the patients listed.
 pub async fn qido_all_series(
     State(s): State<AppState>,
     Extension(c): Extension<ConnInfo>,
@@ -622,23 +621,7 @@ pub async fn qido_all_series(
     let (limit, offset) = limit_offset(&q)?;
     let study = query_uid(&q, "StudyInstanceUID")?;
     let series_uid = query_uid(&q, "SeriesInstanceUID")?;
-    let mut need = Need::new(Op::Read, Store::Clinical, R_ALL_SERIES_SEARCH);
-    if let Some(p) = q.get("PatientID") {
-        need = need.patient(p)?;
-    }
-    if let Some(u) = &study {
-        need = need.study(u)?;
-    }
-    let caller = authorize(&s, &c, &h, need)?;
-    if !json_acceptable(&h) {
-        return Err(Error::NotAcceptable("search results are sent as application/dicom+json only".into()));
-    }
-    let modality = q.get("Modality").cloned();
-    if modality.as_deref().is_some_and(|m| m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b' ')) {
-        return Err(Error::bad_request("Modality must be a DICOM code string (CS), such as CT"));
-    }
-    // A token limited to one patient searches only that patient.
-    let pseudonym = q.get("PatientID").cloned().or_else(|| caller.proof.effective().patient().map(|p| p.as_str().to_owned()));
+    let (caller, pseudonym, modality) = authorize_cross_study(&s, &c, &h, &q, study.as_deref(), R_ALL_SERIES_SEARCH)?;
     let sq = clinical_store::SeriesQuery {
         pseudonym,
         study_uid: study,
@@ -648,14 +631,7 @@ pub async fn qido_all_series(
         offset: u32::try_from(offset).map_err(|_| Error::bad_request("offset is too large"))?,
     };
     let found = with_clinical(&s, &caller, move |st| st.find_series(&sq)).await?;
-    let mut e = caller.event("access", "allow");
-    e.op = Some("read");
-    e.store = Some("clinical");
-    e.route = Some(R_ALL_SERIES_SEARCH.into());
-    e.patients = found.iter().map(|(p, _)| p.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    if !e.patients.is_empty() {
-        s.audit.record(&e)?;
-    }
+    record_cross_study(&s, &caller, R_ALL_SERIES_SEARCH, found.iter().map(|(p, _)| p))?;
     let base = base_url(&h);
     let out: Vec<Value> = found
         .iter()
@@ -735,18 +711,102 @@ async fn search_instances(
         .take(limit)
         .cloned()
         .collect();
-    let reader = ClinicalReader::new(&s, &a.caller);
+    let picked = picked.into_iter().map(|i| (None, i)).collect();
+    instance_answers(&s, &a.caller, picked, &h).await
+}
+
+/// `GET /dicomweb/instances` (PS3.18's "All Instances"): instances across studies; keys
+/// `PatientID` (the pseudonym), `StudyInstanceUID`, `SeriesInstanceUID`, `SOPInstanceUID`,
+/// `SOPClassUID`, `Modality`, `limit`, `offset`. Authorized, audited and de-identified like
+/// [`qido_all_series`].
+pub async fn qido_all_instances(
+    State(s): State<AppState>,
+    Extension(c): Extension<ConnInfo>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    h: HeaderMap,
+) -> Result<Response, Error> {
+    let q = query(q)?;
+    let (limit, offset) = limit_offset(&q)?;
+    let study = query_uid(&q, "StudyInstanceUID")?;
+    let (caller, pseudonym, modality) = authorize_cross_study(&s, &c, &h, &q, study.as_deref(), R_ALL_INSTANCE_SEARCH)?;
+    let iq = clinical_store::InstanceQuery {
+        pseudonym,
+        study_uid: study,
+        series_uid: query_uid(&q, "SeriesInstanceUID")?,
+        sop_instance_uid: query_uid(&q, "SOPInstanceUID")?,
+        sop_class_uid: query_uid(&q, "SOPClassUID")?,
+        modality,
+        limit: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
+        offset: u32::try_from(offset).map_err(|_| Error::bad_request("offset is too large"))?,
+    };
+    let found = with_clinical(&s, &caller, move |st| st.find_instances(&iq)).await?;
+    record_cross_study(&s, &caller, R_ALL_INSTANCE_SEARCH, found.iter().map(|(p, _)| p))?;
+    let picked = found.into_iter().map(|(p, i)| (Some(p), i)).collect();
+    instance_answers(&s, &caller, picked, &h).await
+}
+
+/// Authorization for a search across studies, as `qido_studies` does it: read on the
+/// clinical store, with the patient and the study in the request's facts when the query
+/// names them, so a token limited to one patient or one study must name it. Returns the
+/// caller, the pseudonym to restrict the search to, and the checked `Modality` key.
+fn authorize_cross_study(
+    s: &AppState,
+    c: &ConnInfo,
+    h: &HeaderMap,
+    q: &HashMap<String, String>,
+    study: Option<&str>,
+    route: &'static str,
+) -> Result<(Caller, Option<String>, Option<String>), Error> {
+    let mut need = Need::new(Op::Read, Store::Clinical, route);
+    if let Some(p) = q.get("PatientID") {
+        need = need.patient(p)?;
+    }
+    if let Some(u) = study {
+        need = need.study(u)?;
+    }
+    let caller = authorize(s, c, h, need)?;
+    if !json_acceptable(h) {
+        return Err(Error::NotAcceptable("search results are sent as application/dicom+json only".into()));
+    }
+    let modality = q.get("Modality").cloned();
+    if modality.as_deref().is_some_and(|m| m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b' ')) {
+        return Err(Error::bad_request("Modality must be a DICOM code string (CS), such as CT"));
+    }
+    // A token limited to one patient searches only that patient.
+    let pseudonym = q.get("PatientID").cloned().or_else(|| caller.proof.effective().patient().map(|p| p.as_str().to_owned()));
+    Ok((caller, pseudonym, modality))
+}
+
+/// The audit entry of a search across studies: the patients whose records were listed
+/// (none listed, no entry, as for `qido_studies`).
+fn record_cross_study<'a>(s: &AppState, caller: &Caller, route: &'static str, patients: impl Iterator<Item = &'a String>) -> Result<(), Error> {
+    let mut e = caller.event("access", "allow");
+    e.op = Some("read");
+    e.store = Some("clinical");
+    e.route = Some(route.into());
+    e.patients = patients.cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if !e.patients.is_empty() {
+        s.audit.record(&e)?;
+    }
+    Ok(())
+}
+
+/// The DICOM JSON answer of an instance search. Rows and Columns are read from each
+/// instance's stored header (the index does not hold them); PatientID (the pseudonym) is
+/// given where the search spans patients.
+async fn instance_answers(s: &AppState, caller: &Caller, picked: Vec<(Option<String>, InstanceRecord)>, h: &HeaderMap) -> Result<Response, Error> {
+    let reader = ClinicalReader::new(s, caller);
     let limits: Limits = s.pipeline.limits.clone();
-    let base = base_url(&h);
+    let base = base_url(h);
     let out = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, Error> {
         let mut out = Vec::with_capacity(picked.len());
-        for i in &picked {
+        for (pseudonym, i) in &picked {
             let blob = reader.open_instance(&i.sop_instance_uid)?;
             let meta = cleave_deid::metadata_json(blob, None, &limits, None)
                 .map_err(|e| Error::Store(format!("reading a stored instance: {e}")))?;
             let pick = |tag: &str, vr: &str| meta.get(tag).cloned().unwrap_or_else(|| json!({"vr": vr}));
             let url = format!("{base}/dicomweb/studies/{}/series/{}/instances/{}", i.study_uid, i.series_uid, i.sop_instance_uid);
-            out.push(json!({
+            let mut answer = json!({
                 "0020000D": attr("UI", vec![json!(i.study_uid)]),
                 "0020000E": attr("UI", vec![json!(i.series_uid)]),
                 "00080016": attr("UI", vec![json!(i.sop_class_uid)]),
@@ -757,7 +817,11 @@ async fn search_instances(
                 "00280011": pick("00280011", "US"),
                 "00280008": attr("IS", vec![json!(i.frames.unwrap_or(1))]),
                 "00081190": attr("UR", vec![json!(url)]),
-            }));
+            });
+            if let Some(p) = pseudonym {
+                answer["00100020"] = attr("LO", vec![json!(p)]);
+            }
+            out.push(answer);
         }
         Ok(out)
     })

@@ -44,7 +44,8 @@ instances = nurse.search_for_instances(study_uid, series_uid)
 assert len(instances) == 1, instances
 sop_uid = instances[0]["00080018"]["Value"][0]
 assert sop_uid == refs[0].ReferencedSOPInstanceUID
-# Without a study: GET /series.
+# Without a study: GET /instances and GET /series.
+assert sop_uid in [x["00080018"]["Value"][0] for x in nurse.search_for_instances()]
 assert series_uid in [x["0020000E"]["Value"][0] for x in nurse.search_for_series()]
 # Without a series: GET /studies/{study}/instances.
 in_study = nurse.search_for_instances(study_uid)
