@@ -1,6 +1,6 @@
-//! DICOMweb reads (PS3.18): QIDO-RS search of all series and instances, a study's series and instances and
-//! a series' instances, and WADO-RS retrieve of studies, series and instances, their metadata
-//! and their frames.
+//! DICOMweb reads (PS3.18): QIDO-RS search of all series and instances, of a study's series
+//! and instances and of a series' instances, and WADO-RS retrieve of studies, series and
+//! instances, their metadata and their frames.
 //!
 //! Every route authorizes as `qido_studies` does (read on the clinical store, the study in
 //! the request's facts; for a token limited to one patient, the study's patient too, see
