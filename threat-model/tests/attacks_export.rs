@@ -14,6 +14,8 @@
 //! pixel markers of the exported instances are found in the export itself; and the parser
 //! reports an institution, an age and a date planted into a control copy of a part.
 mod common;
+#[path = "../../broker/tests/common/raw_http.rs"]
+mod raw_http;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,6 @@ use std::sync::Arc;
 use common::*;
 use rustls::ClientConfig;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONFIG: &str = "
 header_read_timeout_secs = 5
@@ -56,42 +57,8 @@ fn python(args: &[&str]) -> String {
 
 /// GET with a bearer token; the raw answer, with a chunked body de-chunked. `complete` is
 /// false when the body ended before its last chunk (a failed stream).
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-    complete: bool,
-}
-
-async fn get_raw(addr: std::net::SocketAddr, cfg: Arc<ClientConfig>, path: &str, token: &str) -> Raw {
-    let mut tls = tls_connect(addr, cfg).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n");
-    tls.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tls.read_to_end(&mut out).await;
-    let end = memchr::memmem::find(&out, b"\r\n\r\n").expect("an HTTP answer");
-    let head = String::from_utf8_lossy(&out[..end]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let rest = &out[end + 4..];
-    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
-    if !chunked {
-        return Raw { status, head, body: rest.to_vec(), complete: true };
-    }
-    let (mut body, mut at, mut complete) = (Vec::new(), 0, false);
-    while let Some(nl) = memchr::memmem::find(&rest[at..], b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[at..at + nl]).split(';').next().unwrap().trim(), 16).unwrap();
-        at += nl + 2;
-        if size == 0 {
-            complete = true;
-            break;
-        }
-        if at + size > rest.len() {
-            break;
-        }
-        body.extend_from_slice(&rest[at..at + size]);
-        at += size + 2;
-    }
-    Raw { status, head, body, complete }
+async fn get_raw(addr: std::net::SocketAddr, cfg: Arc<ClientConfig>, path: &str, token: &str) -> raw_http::Fetched {
+    raw_http::fetch(addr, cfg, "GET", path, &[("Authorization", &format!("Bearer {token}"))]).await.expect("an HTTP answer")
 }
 
 fn header(head: &str, name: &str) -> Option<String> {
