@@ -349,8 +349,8 @@ impl Accounts {
     pub fn staff_role(&self, username: &str) -> Result<Option<Role>, Error> {
         let row: Option<(String, i64)> = self
             .conn()
-            .query_row("SELECT role, disabled FROM staff WHERE username = ?1", [username], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
+            .prepare_cached("SELECT role, disabled FROM staff WHERE username = ?1")
+            .and_then(|mut st| st.query_row([username], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(Error::db)?;
         Ok(row.and_then(|(r, d)| if d == 0 { Role::parse(&r) } else { None }))
     }
@@ -443,14 +443,11 @@ impl Accounts {
 
     /// A grant's root key, if the grant exists and is neither revoked nor expired.
     pub fn live_grant(&self, grant_id: &str) -> Result<Option<GrantKey>, Error> {
+        // Asked on every request: through the statement cache, not parsed again each time.
         let row: Option<(String, String, Vec<u8>, i64, i64)> = self
             .conn()
-            .query_row(
-                "SELECT subject_kind, subject, root_key_sealed, expires, revoked FROM grants WHERE grant_id = ?1",
-                [grant_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()
+            .prepare_cached("SELECT subject_kind, subject, root_key_sealed, expires, revoked FROM grants WHERE grant_id = ?1")
+            .and_then(|mut st| st.query_row([grant_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).optional())
             .map_err(Error::db)?;
         let Some((kind, name, sealed, expires, revoked)) = row else { return Ok(None) };
         if revoked != 0 || expires <= now_unix() {

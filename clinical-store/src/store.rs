@@ -302,17 +302,16 @@ impl ClinicalStore {
     }
 
     fn instance_row(&self, sop_uid: &str) -> Result<Option<(InstanceRecord, String)>, Error> {
-        self.conn
-            .query_row(
-                "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
-                        i.instance_number, i.size, i.frames, i.not_for_research, i.blob_id
-                 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
-                 WHERE i.sop_instance_uid = ?1",
-                [sop_uid],
-                |r| Ok((instance_from_row(r)?, r.get::<_, String>(9)?)),
-            )
-            .optional()
-            .map_err(Error::db("looking up an instance"))
+        cached_row(
+            &self.conn,
+            "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
+                    i.instance_number, i.size, i.frames, i.not_for_research, i.blob_id
+             FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
+             WHERE i.sop_instance_uid = ?1",
+            [sop_uid],
+            |r| Ok((instance_from_row(r)?, r.get::<_, String>(9)?)),
+        )
+        .map_err(Error::db("looking up an instance"))
     }
 
     /// The index record of one instance.
@@ -382,7 +381,7 @@ impl ClinicalStore {
         }
         let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
         sql.push_str(&format!(" ORDER BY st.study_date DESC, st.study_uid LIMIT {limit} OFFSET {}", q.offset));
-        let mut st = self.conn.prepare(&sql).map_err(Error::db("searching studies"))?;
+        let mut st = self.conn.prepare_cached(&sql).map_err(Error::db("searching studies"))?;
         let rows = st
             .query_map(rusqlite::params_from_iter(args.iter()), |r| {
                 Ok((
@@ -445,7 +444,7 @@ impl ClinicalStore {
             " ORDER BY st.study_date DESC, st.study_uid, se.series_number, se.series_uid LIMIT {limit} OFFSET {}",
             q.offset
         ));
-        let mut st = self.conn.prepare(&sql).map_err(Error::db("searching series"))?;
+        let mut st = self.conn.prepare_cached(&sql).map_err(Error::db("searching series"))?;
         let rows = st
             .query_map(rusqlite::params_from_iter(args.iter()), |r| {
                 Ok((
@@ -477,7 +476,7 @@ impl ClinicalStore {
         validate::uid("study UID", study_uid)?;
         let mut st = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT se.id, se.series_uid, st.study_uid, se.modality, se.series_number, se.description,
                         (SELECT COUNT(*) FROM instances i WHERE i.series_id = se.id)
                  FROM series se JOIN studies st ON st.id = se.study_id WHERE st.study_uid = ?1
@@ -514,7 +513,7 @@ impl ClinicalStore {
         validate::uid("series UID", series_uid)?;
         let mut st = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
                         i.instance_number, i.size, i.frames, i.not_for_research
                  FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
@@ -562,7 +561,7 @@ impl ClinicalStore {
             " ORDER BY st.study_date DESC, st.study_uid, se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid LIMIT {limit} OFFSET {}",
             q.offset
         ));
-        let mut st = self.conn.prepare(&sql).map_err(Error::db("searching instances"))?;
+        let mut st = self.conn.prepare_cached(&sql).map_err(Error::db("searching instances"))?;
         let rows = st
             .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get::<_, String>(9)?, instance_from_row(r)?)))
             .map_err(Error::db("searching instances"))?;
