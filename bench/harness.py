@@ -571,10 +571,17 @@ def wado(server, urls, concurrency, requests_n, time_limit=300):
                 else:
                     fails.append(f"HTTP {r.status_code}")
 
+    pid = server.proc.pid if server.proc is not None else None
+    perf = start_profile(pid, f"{server.name}-wado-{concurrency}")
+    cpu0 = cpu_seconds(pid) if pid else None
     with cf.ThreadPoolExecutor(concurrency) as ex:
         for f in [ex.submit(worker) for _ in range(concurrency)]:
             f.result()
+    cpu1 = cpu_seconds(pid) if pid else None
+    stop_profile(perf)
     res = {"concurrency": concurrency, "ok": len(lat), "failed": len(fails)}
+    if cpu0 is not None and cpu1 is not None and lat:
+        res["server_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / (len(lat) + len(fails)), 3)
     if lat and not fails:
         res["p50_ms"] = round(percentile(lat, 50), 2)
         res["p99_ms"] = round(percentile(lat, 99), 2)
