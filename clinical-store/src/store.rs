@@ -342,48 +342,40 @@ impl ClinicalStore {
 
     /// Studies matching a QIDO-like query, newest study date first.
     pub fn find_studies(&self, q: &StudyQuery) -> Result<Vec<StudyRecord>, Error> {
-        let mut sql = String::from(
+        let mut search = Search::new(
             "SELECT st.id, st.study_uid, p.pseudonym, st.study_date, st.modalities, st.body_part, st.age_years, st.description,
                     (SELECT COUNT(*) FROM series se WHERE se.study_id = st.id),
                     (SELECT COUNT(*) FROM instances i JOIN series se ON se.id = i.series_id WHERE se.study_id = st.id)
-             FROM studies st JOIN patients p ON p.id = st.patient_id WHERE 1=1",
+             FROM studies st JOIN patients p ON p.id = st.patient_id",
         );
-        let mut args: Vec<String> = Vec::new();
         if let Some(p) = &q.pseudonym {
             validate::pseudonym(p)?;
-            args.push(p.clone());
-            sql.push_str(&format!(" AND p.pseudonym = ?{}", args.len()));
+            search.and("p.pseudonym = ?", p);
         }
         if let Some(u) = &q.study_uid {
             validate::uid("study UID", u)?;
-            args.push(u.clone());
-            sql.push_str(&format!(" AND st.study_uid = ?{}", args.len()));
+            search.and("st.study_uid = ?", u);
         }
         if let Some(d) = &q.date_from {
             validate::dicom_date("date_from", d)?;
-            args.push(d.clone());
-            sql.push_str(&format!(" AND st.study_date >= ?{}", args.len()));
+            search.and("st.study_date >= ?", d);
         }
         if let Some(d) = &q.date_to {
             validate::dicom_date("date_to", d)?;
-            args.push(d.clone());
-            sql.push_str(&format!(" AND st.study_date <= ?{}", args.len()));
+            search.and("st.study_date <= ?", d);
         }
         if let Some(m) = &q.modality {
             validate::code_string("modality", m)?;
-            args.push(m.clone());
-            sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM series se WHERE se.study_id = st.id AND se.modality = ?{})", args.len()));
+            search.and("EXISTS (SELECT 1 FROM series se WHERE se.study_id = st.id AND se.modality = ?)", m);
         }
         if let Some(b) = &q.body_part {
             validate::code_string("body part", b)?;
-            args.push(b.clone());
-            sql.push_str(&format!(" AND st.body_part = ?{}", args.len()));
+            search.and("st.body_part = ?", b);
         }
-        let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
-        sql.push_str(&format!(" ORDER BY st.study_date DESC, st.study_uid LIMIT {limit} OFFSET {}", q.offset));
-        let mut st = self.conn.prepare_cached(&sql).map_err(Error::db("searching studies"))?;
+        search.order("st.study_date DESC, st.study_uid", Some(q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)), q.offset);
+        let mut st = self.conn.prepare_cached(&search.sql).map_err(Error::db("searching studies"))?;
         let rows = st
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            .query_map(rusqlite::params_from_iter(search.args.iter()), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     StudyRecord {
@@ -413,40 +405,41 @@ impl ClinicalStore {
     /// Series across studies (QIDO-RS's top-level series search), each with its patient's
     /// pseudonym: newest study first, then by series number.
     pub fn find_series(&self, q: &SeriesQuery) -> Result<Vec<(String, SeriesRecord)>, Error> {
-        let mut sql = String::from(
-            "SELECT se.id, se.series_uid, st.study_uid, se.modality, se.series_number, se.description,
-                    (SELECT COUNT(*) FROM instances i WHERE i.series_id = se.id), p.pseudonym
-             FROM series se JOIN studies st ON st.id = se.study_id JOIN patients p ON p.id = st.patient_id WHERE 1=1",
-        );
-        let mut args: Vec<String> = Vec::new();
+        let mut search = Search::new(SERIES_SELECT);
         if let Some(p) = &q.pseudonym {
             validate::pseudonym(p)?;
-            args.push(p.clone());
-            sql.push_str(&format!(" AND p.pseudonym = ?{}", args.len()));
+            search.and("p.pseudonym = ?", p);
         }
         if let Some(u) = &q.study_uid {
             validate::uid("study UID", u)?;
-            args.push(u.clone());
-            sql.push_str(&format!(" AND st.study_uid = ?{}", args.len()));
+            search.and("st.study_uid = ?", u);
         }
         if let Some(u) = &q.series_uid {
             validate::uid("series UID", u)?;
-            args.push(u.clone());
-            sql.push_str(&format!(" AND se.series_uid = ?{}", args.len()));
+            search.and("se.series_uid = ?", u);
         }
         if let Some(m) = &q.modality {
             validate::code_string("modality", m)?;
-            args.push(m.clone());
-            sql.push_str(&format!(" AND se.modality = ?{}", args.len()));
+            search.and("se.modality = ?", m);
         }
-        let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
-        sql.push_str(&format!(
-            " ORDER BY st.study_date DESC, st.study_uid, se.series_number, se.series_uid LIMIT {limit} OFFSET {}",
-            q.offset
-        ));
-        let mut st = self.conn.prepare_cached(&sql).map_err(Error::db("searching series"))?;
+        search.order(SERIES_ORDER, Some(q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)), q.offset);
+        self.series_rows(&search, "searching series")
+    }
+
+    /// The series of a study, by series number.
+    pub fn list_series(&self, study_uid: &str) -> Result<Vec<SeriesRecord>, Error> {
+        validate::uid("study UID", study_uid)?;
+        let mut search = Search::new(SERIES_SELECT);
+        search.and("st.study_uid = ?", study_uid);
+        search.order(SERIES_ORDER, None, 0);
+        Ok(self.series_rows(&search, "listing series")?.into_iter().map(|(_, se)| se).collect())
+    }
+
+    /// Runs a search over [`SERIES_SELECT`]: (pseudonym, series), descriptions unsealed.
+    fn series_rows(&self, search: &Search, action: &'static str) -> Result<Vec<(String, SeriesRecord)>, Error> {
+        let mut st = self.conn.prepare_cached(&search.sql).map_err(Error::db(action))?;
         let rows = st
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            .query_map(rusqlite::params_from_iter(search.args.iter()), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(7)?,
@@ -461,49 +454,12 @@ impl ClinicalStore {
                     r.get::<_, Option<Vec<u8>>>(5)?,
                 ))
             })
-            .map_err(Error::db("searching series"))?;
+            .map_err(Error::db(action))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, pseudonym, mut rec, desc) = row.map_err(Error::db("searching series"))?;
+            let (id, pseudonym, mut rec, desc) = row.map_err(Error::db(action))?;
             rec.description = self.open_sealed_opt("series", "description", &id, desc)?;
             out.push((pseudonym, rec));
-        }
-        Ok(out)
-    }
-
-    /// The series of a study, by series number.
-    pub fn list_series(&self, study_uid: &str) -> Result<Vec<SeriesRecord>, Error> {
-        validate::uid("study UID", study_uid)?;
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT se.id, se.series_uid, st.study_uid, se.modality, se.series_number, se.description,
-                        (SELECT COUNT(*) FROM instances i WHERE i.series_id = se.id)
-                 FROM series se JOIN studies st ON st.id = se.study_id WHERE st.study_uid = ?1
-                 ORDER BY se.series_number, se.series_uid",
-            )
-            .map_err(Error::db("listing series"))?;
-        let rows = st
-            .query_map([study_uid], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    SeriesRecord {
-                        series_uid: r.get(1)?,
-                        study_uid: r.get(2)?,
-                        modality: r.get(3)?,
-                        series_number: r.get(4)?,
-                        description: None,
-                        instance_count: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
-                    },
-                    r.get::<_, Option<Vec<u8>>>(5)?,
-                ))
-            })
-            .map_err(Error::db("listing series"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, mut rec, desc) = row.map_err(Error::db("listing series"))?;
-            rec.description = self.open_sealed_opt("series", "description", &id, desc)?;
-            out.push(rec);
         }
         Ok(out)
     }
@@ -511,61 +467,46 @@ impl ClinicalStore {
     /// The instances of a series, by instance number.
     pub fn list_instances(&self, series_uid: &str) -> Result<Vec<InstanceRecord>, Error> {
         validate::uid("series UID", series_uid)?;
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
-                        i.instance_number, i.size, i.frames, i.not_for_research
-                 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
-                 WHERE se.series_uid = ?1 ORDER BY i.instance_number, i.sop_instance_uid",
-            )
-            .map_err(Error::db("listing instances"))?;
-        let rows = st.query_map([series_uid], instance_from_row).map_err(Error::db("listing instances"))?;
-        rows.collect::<Result<_, _>>().map_err(Error::db("listing instances"))
+        let mut search = Search::new(INSTANCE_SELECT);
+        search.and("se.series_uid = ?", series_uid);
+        search.order(INSTANCE_ORDER, None, 0);
+        Ok(self.instance_rows(&search, "listing instances")?.into_iter().map(|(_, i)| i).collect())
     }
 
     /// Instances across studies and series (QIDO-RS's top-level instance search), each with
     /// its patient's pseudonym: newest study first, then by series and instance number.
     pub fn find_instances(&self, q: &InstanceQuery) -> Result<Vec<(String, InstanceRecord)>, Error> {
-        let mut sql = String::from(
-            "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
-                    i.instance_number, i.size, i.frames, i.not_for_research, p.pseudonym
-             FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
-                  JOIN patients p ON p.id = st.patient_id WHERE 1=1",
-        );
-        let mut args: Vec<String> = Vec::new();
+        let mut search = Search::new(INSTANCE_SELECT);
         if let Some(p) = &q.pseudonym {
             validate::pseudonym(p)?;
-            args.push(p.clone());
-            sql.push_str(&format!(" AND p.pseudonym = ?{}", args.len()));
+            search.and("p.pseudonym = ?", p);
         }
         for (value, what, column) in [
-            (&q.study_uid, "study UID", "st.study_uid"),
-            (&q.series_uid, "series UID", "se.series_uid"),
-            (&q.sop_instance_uid, "SOP instance UID", "i.sop_instance_uid"),
-            (&q.sop_class_uid, "SOP class UID", "i.sop_class_uid"),
+            (&q.study_uid, "study UID", "st.study_uid = ?"),
+            (&q.series_uid, "series UID", "se.series_uid = ?"),
+            (&q.sop_instance_uid, "SOP instance UID", "i.sop_instance_uid = ?"),
+            (&q.sop_class_uid, "SOP class UID", "i.sop_class_uid = ?"),
         ] {
             if let Some(u) = value {
                 validate::uid(what, u)?;
-                args.push(u.clone());
-                sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+                search.and(column, u);
             }
         }
         if let Some(m) = &q.modality {
             validate::code_string("modality", m)?;
-            args.push(m.clone());
-            sql.push_str(&format!(" AND se.modality = ?{}", args.len()));
+            search.and("se.modality = ?", m);
         }
-        let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
-        sql.push_str(&format!(
-            " ORDER BY st.study_date DESC, st.study_uid, se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid LIMIT {limit} OFFSET {}",
-            q.offset
-        ));
-        let mut st = self.conn.prepare_cached(&sql).map_err(Error::db("searching instances"))?;
+        search.order(INSTANCE_ORDER, Some(q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)), q.offset);
+        self.instance_rows(&search, "searching instances")
+    }
+
+    /// Runs a search over [`INSTANCE_SELECT`]: (pseudonym, instance).
+    fn instance_rows(&self, search: &Search, action: &'static str) -> Result<Vec<(String, InstanceRecord)>, Error> {
+        let mut st = self.conn.prepare_cached(&search.sql).map_err(Error::db(action))?;
         let rows = st
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get::<_, String>(9)?, instance_from_row(r)?)))
-            .map_err(Error::db("searching instances"))?;
-        rows.collect::<Result<_, _>>().map_err(Error::db("searching instances"))
+            .query_map(rusqlite::params_from_iter(search.args.iter()), |r| Ok((r.get::<_, String>(9)?, instance_from_row(r)?)))
+            .map_err(Error::db(action))?;
+        rows.collect::<Result<_, _>>().map_err(Error::db(action))
     }
 
     fn study_id_for(tx: &Connection, patient: &str, study_uid: Option<&str>) -> Result<Option<String>, Error> {
@@ -731,6 +672,49 @@ pub(crate) fn remove_blob(path: &Path) {
 
 fn split_modalities(s: &str) -> Vec<String> {
     s.split('\\').filter(|m| !m.is_empty()).map(str::to_owned).collect()
+}
+
+/// Series with their instance count and patient's pseudonym (see `series_rows`).
+const SERIES_SELECT: &str = "SELECT se.id, se.series_uid, st.study_uid, se.modality, se.series_number, se.description,
+        (SELECT COUNT(*) FROM instances i WHERE i.series_id = se.id), p.pseudonym
+     FROM series se JOIN studies st ON st.id = se.study_id JOIN patients p ON p.id = st.patient_id";
+/// Newest study first; within a study (all a listing has), by series number.
+const SERIES_ORDER: &str = "st.study_date DESC, st.study_uid, se.series_number, se.series_uid";
+/// Instances as `instance_from_row` reads them, then the patient's pseudonym.
+const INSTANCE_SELECT: &str = "SELECT i.sop_instance_uid, se.series_uid, st.study_uid, i.sop_class_uid, i.transfer_syntax,
+        i.instance_number, i.size, i.frames, i.not_for_research, p.pseudonym
+     FROM instances i JOIN series se ON se.id = i.series_id JOIN studies st ON st.id = se.study_id
+          JOIN patients p ON p.id = st.patient_id";
+/// As [`SERIES_ORDER`], then by instance number within a series.
+const INSTANCE_ORDER: &str = "st.study_date DESC, st.study_uid, se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid";
+
+/// A search's SQL with one condition per key the caller set, each value bound as a numbered
+/// parameter (never spliced into the text), so the statement cache sees one text per shape.
+struct Search {
+    sql: String,
+    args: Vec<String>,
+}
+
+impl Search {
+    fn new(select: &str) -> Self {
+        Search { sql: format!("{select} WHERE 1=1"), args: Vec::new() }
+    }
+
+    /// Adds `AND condition`, whose one `?` stands for `value`.
+    fn and(&mut self, condition: &str, value: &str) {
+        self.args.push(value.to_owned());
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&condition.replacen('?', &format!("?{}", self.args.len()), 1));
+    }
+
+    /// The order, and the page when the search has one (a listing returns everything).
+    fn order(&mut self, order: &str, limit: Option<u32>, offset: u32) {
+        self.sql.push_str(" ORDER BY ");
+        self.sql.push_str(order);
+        if let Some(limit) = limit {
+            self.sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
+        }
+    }
 }
 
 fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
