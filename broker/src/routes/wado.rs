@@ -589,18 +589,7 @@ pub async fn qido_series(
         .filter(|se| number.is_none_or(|n| se.series_number == Some(n)))
         .skip(offset)
         .take(limit)
-        .map(|se| {
-            let desc = se.description.as_ref().and_then(|d| d.as_str()).map(|d| json!(d));
-            json!({
-                "0020000D": attr("UI", vec![json!(a.study)]),
-                "0020000E": attr("UI", vec![json!(se.series_uid)]),
-                "00080060": attr("CS", vec![json!(se.modality)]),
-                "00200011": attr("IS", se.series_number.iter().map(|n| json!(n)).collect()),
-                "0008103E": attr("LO", desc.into_iter().collect()),
-                "00201209": attr("IS", vec![json!(se.instance_count)]),
-                "00081190": attr("UR", vec![json!(format!("{base}/dicomweb/studies/{}/series/{}", a.study, se.series_uid))]),
-            })
-        })
+        .map(|se| series_answer(se, None, &base))
         .collect();
     Ok(dicom_json_response(Value::Array(out)))
 }
@@ -633,23 +622,26 @@ pub async fn qido_all_series(
     let found = with_clinical(&s, &caller, move |st| st.find_series(&sq)).await?;
     record_cross_study(&s, &caller, R_ALL_SERIES_SEARCH, found.iter().map(|(p, _)| p))?;
     let base = base_url(&h);
-    let out: Vec<Value> = found
-        .iter()
-        .map(|(pseudonym, se)| {
-            let desc = se.description.as_ref().and_then(|d| d.as_str()).map(|d| json!(d));
-            json!({
-                "00100020": attr("LO", vec![json!(pseudonym)]),
-                "0020000D": attr("UI", vec![json!(se.study_uid)]),
-                "0020000E": attr("UI", vec![json!(se.series_uid)]),
-                "00080060": attr("CS", vec![json!(se.modality)]),
-                "00200011": attr("IS", se.series_number.iter().map(|n| json!(n)).collect()),
-                "0008103E": attr("LO", desc.into_iter().collect()),
-                "00201209": attr("IS", vec![json!(se.instance_count)]),
-                "00081190": attr("UR", vec![json!(format!("{base}/dicomweb/studies/{}/series/{}", se.study_uid, se.series_uid))]),
-            })
-        })
-        .collect();
+    let out: Vec<Value> = found.iter().map(|(pseudonym, se)| series_answer(se, Some(pseudonym), &base)).collect();
     Ok(dicom_json_response(Value::Array(out)))
+}
+
+/// One series in a search answer; PatientID (the pseudonym) where the search spans patients.
+fn series_answer(se: &SeriesRecord, pseudonym: Option<&str>, base: &str) -> Value {
+    let desc = se.description.as_ref().and_then(|d| d.as_str()).map(|d| json!(d));
+    let mut answer = json!({
+        "0020000D": attr("UI", vec![json!(se.study_uid)]),
+        "0020000E": attr("UI", vec![json!(se.series_uid)]),
+        "00080060": attr("CS", vec![json!(se.modality)]),
+        "00200011": attr("IS", se.series_number.iter().map(|n| json!(n)).collect()),
+        "0008103E": attr("LO", desc.into_iter().collect()),
+        "00201209": attr("IS", vec![json!(se.instance_count)]),
+        "00081190": attr("UR", vec![json!(format!("{base}/dicomweb/studies/{}/series/{}", se.study_uid, se.series_uid))]),
+    });
+    if let Some(p) = pseudonym {
+        answer["00100020"] = attr("LO", vec![json!(p)]);
+    }
+    answer
 }
 
 /// `GET /dicomweb/studies/{study}/series/{series}/instances`: keys `SOPInstanceUID`,
