@@ -55,7 +55,7 @@ pub(crate) async fn read_raw_pdu<R: AsyncRead + Unpin>(r: &mut R, max_len: u32) 
     Ok(pdu)
 }
 
-/// Decodes a PDU read by [`read_raw_pdu`] with dicom-ul's codec.
+/// Decodes a whole PDU (as read by [`read_raw_pdu`] or `pdata::read_pdu`) with dicom-ul's codec.
 pub(crate) fn decode(raw: &[u8]) -> Result<Pdu, WireError> {
     // The length was already bounded by read_raw_pdu, so the codec's own bound is the maximum.
     match dicom_ul::read_pdu(raw, MAXIMUM_PDU_SIZE, false) {

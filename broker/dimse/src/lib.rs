@@ -23,6 +23,7 @@ mod association;
 mod command;
 mod error;
 mod part10;
+mod pdata;
 mod server;
 mod sink;
 mod stream;

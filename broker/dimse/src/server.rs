@@ -31,6 +31,7 @@ use crate::association::{self, Context, WireError};
 use crate::command::{self, status, Command};
 use crate::error::{DimseError, Result};
 use crate::part10;
+use crate::pdata::{self, PduPool};
 use crate::sink::{PeerInfo, StoreFailure, StoreRequest, StoreSink};
 use crate::stream::{self, Chunk};
 
@@ -55,7 +56,7 @@ pub struct DimseConfig {
     /// Associations served at once. Default 32.
     pub max_associations: usize,
     /// P-DATA fragments buffered between the socket and a slow sink. Default 4; memory per
-    /// association is about (queue_depth + 2) x max_pdu_length.
+    /// association is about (queue_depth + 3) x max_pdu_length (the PDU buffers, reused).
     pub queue_depth: usize,
 }
 
@@ -280,7 +281,8 @@ async fn serve<S: StoreSink>(tcp: TcpStream, peer: SocketAddr, shared: Arc<Share
         return debug!(%peer, "peer left before the A-ASSOCIATE-AC");
     }
     info!(%peer, contexts = contexts.len(), "association accepted");
-    let mut conn = Connection { tls: &mut tls, peer, shared: &shared, principal, calling_ae, contexts, state: State::Idle(Vec::new(), None) };
+    let pool = PduPool::new(cfg.max_pdu_length);
+    let mut conn = Connection { tls: &mut tls, peer, shared: &shared, principal, calling_ae, contexts, state: State::Idle(Vec::new(), None), pool };
     let end = conn.run(stop).await;
     match end {
         End::Released => {
@@ -366,6 +368,8 @@ struct Connection<'a, T, S: StoreSink> {
     calling_ae: String,
     contexts: Vec<Context>,
     state: State,
+    /// The buffers PDUs are read into, reused for the whole association.
+    pool: PduPool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin, S: StoreSink> Connection<'_, T, S> {
@@ -375,7 +379,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, S: StoreSink> Connection<'_, T, S> {
         loop {
             let idle = matches!(self.state, State::Idle(ref b, _) if b.is_empty());
             let read = tokio::select! {
-                r = timeout(cfg.idle_timeout, association::read_raw_pdu(&mut *self.tls, cfg.max_pdu_length)) => r,
+                r = timeout(cfg.idle_timeout, pdata::read_pdu(&mut *self.tls, &self.pool, cfg.max_pdu_length)) => r,
                 _ = stop.wait_for(|s| *s), if idle => return End::Aborted("server shutting down"),
             };
             let raw = match read {
@@ -385,15 +389,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin, S: StoreSink> Connection<'_, T, S> {
                 Ok(Err(WireError::Malformed)) => return End::Aborted("malformed PDU"),
                 Ok(Ok(raw)) => raw,
             };
-            match association::decode(&raw) {
-                Ok(Pdu::PData { data }) => {
-                    drop(raw);
-                    for pdv in data {
-                        if let Err(why) = self.on_pdv(pdv).await {
-                            return why;
-                        }
+            if raw.pdu_type() == pdata::P_DATA_TF {
+                // The common case, read without copying (pdata.rs).
+                let Ok(values) = pdata::values(raw) else { return End::Aborted("malformed PDU") };
+                for value in values {
+                    if let Err(why) = self.on_pdv(value).await {
+                        return why;
                     }
                 }
+                continue;
+            }
+            match association::decode(raw.bytes()) {
                 Ok(Pdu::ReleaseRQ) => {
                     if matches!(self.state, State::Receiving(_)) {
                         return End::Aborted("release requested in the middle of a C-STORE");
@@ -410,22 +416,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin, S: StoreSink> Connection<'_, T, S> {
         }
     }
 
-    async fn on_pdv(&mut self, pdv: PDataValue) -> std::result::Result<(), End> {
-        let Some(context) = self.contexts.iter().find(|c| c.id == pdv.presentation_context_id).cloned() else {
+    async fn on_pdv(&mut self, pdv: pdata::Value) -> std::result::Result<(), End> {
+        let Some(context) = self.contexts.iter().find(|c| c.id == pdv.context).cloned() else {
             return Err(End::Aborted("P-DATA on a presentation context that was not accepted"));
         };
         match &mut self.state {
             State::Idle(buf, ctx) => {
-                if pdv.value_type != PDataValueType::Command {
+                if !pdv.is_command {
                     return Err(End::Aborted("data set fragment without a command"));
                 }
                 if ctx.is_some_and(|id| id != context.id) {
                     return Err(End::Aborted("command fragments on two presentation contexts"));
                 }
-                if buf.len() + pdv.data.len() > command::MAX_COMMAND_LEN {
+                let data = pdv.data.as_slice();
+                if buf.len() + data.len() > command::MAX_COMMAND_LEN {
                     return Err(End::Aborted("command set too long"));
                 }
-                buf.extend_from_slice(&pdv.data);
+                buf.extend_from_slice(data);
                 *ctx = Some(context.id);
                 if !pdv.is_last {
                     return Ok(());
@@ -438,7 +445,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, S: StoreSink> Connection<'_, T, S> {
                 }
             }
             State::Receiving(transfer) => {
-                if pdv.value_type != PDataValueType::Data || pdv.presentation_context_id != transfer.context {
+                if pdv.is_command || pdv.context != transfer.context {
                     return Err(End::Aborted("unexpected fragment while receiving a data set"));
                 }
                 if let Some(feed) = transfer.sink.as_mut() {

@@ -12,9 +12,12 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::pdata::Fragment;
+
 /// One message from the PDU loop to the reader.
 pub(crate) enum Chunk {
-    Data(Vec<u8>),
+    /// A data set fragment, still in its PDU buffer (dropping it returns the buffer).
+    Data(Fragment),
     /// The last fragment has been sent: the instance is complete.
     End,
 }
@@ -24,14 +27,29 @@ pub(crate) enum Chunk {
 pub(crate) fn channel(first: Vec<u8>, depth: usize) -> (mpsc::Sender<Chunk>, ChunkReader, Arc<AtomicBool>) {
     let (tx, rx) = mpsc::channel(depth.max(1));
     let finished = Arc::new(AtomicBool::new(false));
-    let reader = ChunkReader { rx, current: first, pos: 0, ended: false, finished: finished.clone() };
+    let reader = ChunkReader { rx, current: Piece::Header(first), pos: 0, ended: false, finished: finished.clone() };
     (tx, reader, finished)
+}
+
+/// What the reader is reading: the header it was made with, then each fragment in turn.
+enum Piece {
+    Header(Vec<u8>),
+    Fragment(Fragment),
+}
+
+impl Piece {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Piece::Header(h) => h,
+            Piece::Fragment(f) => f.as_slice(),
+        }
+    }
 }
 
 /// `Read` over the fragments of one instance. Must only be read from a blocking thread.
 pub(crate) struct ChunkReader {
     rx: mpsc::Receiver<Chunk>,
-    current: Vec<u8>,
+    current: Piece,
     pos: usize,
     ended: bool,
     finished: Arc<AtomicBool>,
@@ -43,7 +61,7 @@ impl Read for ChunkReader {
             return Ok(0);
         }
         loop {
-            let available = self.current.get(self.pos..).unwrap_or_default();
+            let available = self.current.as_slice().get(self.pos..).unwrap_or_default();
             if !available.is_empty() {
                 let n = available.len().min(buf.len());
                 buf[..n].copy_from_slice(&available[..n]);
@@ -56,7 +74,7 @@ impl Read for ChunkReader {
             }
             match self.rx.blocking_recv() {
                 Some(Chunk::Data(data)) => {
-                    self.current = data;
+                    self.current = Piece::Fragment(data);
                     self.pos = 0;
                 }
                 Some(Chunk::End) => self.ended = true,
@@ -80,7 +98,7 @@ mod tests {
         let (tx, mut reader, finished) = channel(b"HEAD".to_vec(), 2);
         let feeder = std::thread::spawn(move || {
             for part in [&b"ab"[..], b"", b"cde"] {
-                tx.blocking_send(Chunk::Data(part.to_vec())).unwrap();
+                tx.blocking_send(Chunk::Data(Fragment::of(part))).unwrap();
             }
             tx.blocking_send(Chunk::End).unwrap();
         });
@@ -94,7 +112,7 @@ mod tests {
     #[test]
     fn fail_a_stream_cut_off_before_its_end_is_an_error() {
         let (tx, mut reader, finished) = channel(b"HEAD".to_vec(), 2);
-        tx.blocking_send(Chunk::Data(b"partial".to_vec())).unwrap();
+        tx.blocking_send(Chunk::Data(Fragment::of(b"partial"))).unwrap();
         drop(tx);
         let mut out = Vec::new();
         let err = reader.read_to_end(&mut out).unwrap_err();

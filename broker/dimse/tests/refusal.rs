@@ -4,30 +4,11 @@
 //! may see the reset instead of the reason ("aborted" instead of "rejected").
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
 use dicom_ul::Pdu;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(&pki.ca_pem).unwrap()).unwrap();
-    let chain = vec![CertificateDer::from_pem_file(&pki.client_cert).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(&pki.client_key).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fail_a_refusal_arrives_as_a_reject_even_when_the_peer_sent_more_than_the_request() {
@@ -36,7 +17,7 @@ async fn fail_a_refusal_arrives_as_a_reject_even_when_the_peer_sent_more_than_th
     let server = start(&pki, sink.clone()).await;
     for round in 0..20 {
         let tcp = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_config(&pki));
+        let connector = tokio_rustls::TlsConnector::from(pki.client_config());
         let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
         let rq = Pdu::AssociationRQ(AssociationRQ {
             protocol_version: 1,

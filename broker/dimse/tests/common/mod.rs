@@ -55,6 +55,23 @@ fn leaf(issuer: &Issuer<'_, KeyPair>, cn: &str, sans: Vec<String>, eku: Extended
 }
 
 impl Pki {
+    /// A rustls client with the enrolled client certificate, trusting the device CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(&self.ca_pem).unwrap()).unwrap();
+        let chain = vec![CertificateDer::from_pem_file(&self.client_cert).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(&self.client_key).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap(),
+        )
+    }
+
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let (ca_params, ca_key, ca_pem) = ca("Cleave test device CA");
