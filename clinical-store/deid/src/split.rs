@@ -23,8 +23,13 @@ pub const DEIDENTIFICATION_METHOD: &str = "Cleave cleave-deid/1: PS3.15 Annex E 
 const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
 /// Bytes of file meta information that will be read before giving up.
 const MAX_META_BYTES: u64 = 64 * 1024;
-/// Copy buffer for the pixel data.
-const COPY_CHUNK: usize = 256 * 1024;
+/// Copy buffer for the pixel data: at most this much is read before it is written on.
+///
+/// Why not more: the writer de-identifies nothing here but seals and writes what it gets,
+/// and with a 256 KiB buffer filled completely before each write, up to that much of an
+/// instance arriving over the network waited unsealed until the buffer filled, then was
+/// all still to seal after the last byte (and was zeroed and wiped for every instance).
+const COPY_CHUNK: usize = 64 * 1024;
 
 /// The result of a successful split.
 #[derive(Debug)]
@@ -341,11 +346,18 @@ pub(crate) fn stream_pixel_data<R: Read, W: Write>(src: &mut Source<R>, out: &mu
     }
 }
 
+/// Copies `n` bytes, passing each read on as it comes rather than filling `chunk` first,
+/// so that what has arrived is written while the rest is still on its way.
 pub(crate) fn copy_exact<R: Read, W: Write>(src: &mut Source<R>, out: &mut W, mut n: u64, chunk: &mut [u8]) -> Result<(), Error> {
     while n > 0 {
         let want = chunk.len().min(usize::try_from(n).unwrap_or(usize::MAX));
         let buf = &mut chunk[..want];
-        let got = src.read_full(buf).map_err(|e| Error::read("the pixel data", e))?;
+        let got = loop {
+            match src.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                r => break r.map_err(|e| Error::read("the pixel data", e))?,
+            }
+        };
         if got == 0 {
             return Err(Error::Truncated { what: "the pixel data" });
         }
