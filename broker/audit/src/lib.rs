@@ -32,7 +32,7 @@ pub use entry::{
     ENTRY_FORMAT_VERSION, MAX_ENTRY_BYTES, MAX_RESOURCES,
 };
 pub use error::Error;
-pub use log::{AuditLog, LogOptions, Page, Query, RawCheckpoint, RawEntry, Recovery};
+pub use log::{AuditLog, LogOptions, LogReader, Page, Query, RawCheckpoint, RawEntry, Recovery};
 pub use merkle::Hash;
 pub use pending::PendingAppend;
 pub use verify::{verify_dir, verify_log, Problem, VerifyError, VerifyFailure, VerifyReport};

@@ -192,6 +192,73 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// Stored entries from leaf `start`, at most `limit`, checked against their leaf hashes.
+fn raw_entries(shared: &Shared, start: u64, limit: usize) -> Result<Vec<RawEntry>, Error> {
+    let (offsets, leaves) = {
+        let st = read_state(shared);
+        let n = st.tree.size();
+        let end = start.saturating_add(limit as u64).min(n);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let offs: Vec<u64> = st.offsets[start as usize..=end as usize].to_vec();
+        let leaves: Vec<Hash> = (start..end).filter_map(|i| st.tree.leaf(i)).collect();
+        (offs, leaves)
+    };
+    if offsets.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let first = offsets[0];
+    let last = offsets[offsets.len() - 1];
+    let mut buf = vec![0u8; (last - first) as usize];
+    shared
+        .reader
+        .read_exact_at(&mut buf, first)
+        .map_err(|e| Error::io("read", &shared.entries_path, e))?;
+    let mut out = Vec::with_capacity(leaves.len());
+    for (i, w) in offsets.windows(2).enumerate() {
+        let index = start + i as u64;
+        let rec = &buf[(w[0] - first) as usize..(w[1] - first) as usize];
+        let damaged = Error::Corrupt { file: "entries", index, what: "the record changed on disk since it was written" };
+        if rec.len() < RECORD_OVERHEAD as usize {
+            return Err(damaged);
+        }
+        let payload = &rec[12..rec.len() - 32];
+        if crate::merkle::leaf_hash(payload) != leaves[i] {
+            return Err(damaged);
+        }
+        out.push(RawEntry { index, bytes: payload.to_vec() });
+    }
+    Ok(out)
+}
+
+/// A read-only handle on an [`AuditLog`] for a reader on its own thread (the broker's
+/// syslog forwarder reads the entries it has not sent yet): the size and the stored
+/// entries, nothing that writes. It keeps the log's files open, and its lock held, for as
+/// long as it lives.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogReader({})", self.shared.origin)
+    }
+}
+
+impl LogReader {
+    /// Entries in the log now.
+    pub fn size(&self) -> u64 {
+        read_state(&self.shared).tree.size()
+    }
+
+    /// As [`AuditLog::raw_entries`].
+    pub fn raw_entries(&self, start: u64, limit: usize) -> Result<Vec<RawEntry>, Error> {
+        raw_entries(&self.shared, start, limit)
+    }
+}
+
 fn read_state(s: &Shared) -> RwLockReadGuard<'_, State> {
     // A poisoned lock means a reader panicked mid-read; the state itself is only changed
     // by the writer in whole steps, so it is still consistent.
@@ -495,42 +562,12 @@ impl AuditLog {
 
     /// Stored entries from leaf `start`, at most `limit`, as bytes (for auditors and proofs).
     pub fn raw_entries(&self, start: u64, limit: usize) -> Result<Vec<RawEntry>, Error> {
-        let (offsets, leaves) = {
-            let st = read_state(&self.shared);
-            let n = st.tree.size();
-            let end = start.saturating_add(limit as u64).min(n);
-            if start >= end {
-                return Ok(Vec::new());
-            }
-            let offs: Vec<u64> = st.offsets[start as usize..=end as usize].to_vec();
-            let leaves: Vec<Hash> = (start..end).filter_map(|i| st.tree.leaf(i)).collect();
-            (offs, leaves)
-        };
-        if offsets.len() < 2 {
-            return Ok(Vec::new());
-        }
-        let first = offsets[0];
-        let last = offsets[offsets.len() - 1];
-        let mut buf = vec![0u8; (last - first) as usize];
-        self.shared
-            .reader
-            .read_exact_at(&mut buf, first)
-            .map_err(|e| Error::io("read", &self.shared.entries_path, e))?;
-        let mut out = Vec::with_capacity(leaves.len());
-        for (i, w) in offsets.windows(2).enumerate() {
-            let index = start + i as u64;
-            let rec = &buf[(w[0] - first) as usize..(w[1] - first) as usize];
-            let damaged = Error::Corrupt { file: "entries", index, what: "the record changed on disk since it was written" };
-            if rec.len() < RECORD_OVERHEAD as usize {
-                return Err(damaged);
-            }
-            let payload = &rec[12..rec.len() - 32];
-            if crate::merkle::leaf_hash(payload) != leaves[i] {
-                return Err(damaged);
-            }
-            out.push(RawEntry { index, bytes: payload.to_vec() });
-        }
-        Ok(out)
+        raw_entries(&self.shared, start, limit)
+    }
+
+    /// A read-only handle on this log for another thread.
+    pub fn reader(&self) -> LogReader {
+        LogReader { shared: self.shared.clone() }
     }
 
     /// List entries matching `query`, one page at a time. Examines at most 100 000 entries
