@@ -130,19 +130,21 @@ impl AuditTrail {
         Ok(Ok(AuditTrail { log, refs: ReferenceKey::new(reference.key), syslog: None }))
     }
 
-    /// Also send a copy of every entry to a syslog/TLS collector.
-    pub(crate) fn with_syslog(mut self, f: crate::syslog::SyslogForwarder) -> Self {
-        self.syslog = Some(f);
-        self
+    /// Also send a copy of every entry to a syslog/TLS collector, from where forwarding
+    /// stopped last time (see `syslog.rs`).
+    pub(crate) fn with_syslog(mut self, cfg: &crate::syslog::SyslogConfig, data_dir: &Path) -> Result<Self, crate::Error> {
+        let cursor = crate::syslog::cursor_path(data_dir);
+        self.syslog = Some(crate::syslog::SyslogForwarder::start(cfg, AUDIT_ORIGIN, self.log.reader(), cursor)?);
+        Ok(self)
     }
 
     /// Record that the first run created the bootstrap administrator (before the log was
     /// open, so no request recorded it).
     pub(crate) fn record_bootstrap(&self) -> Result<(), crate::Error> {
         let entry = Entry::new(Actor::new(ActorKind::System, "cleave-broker"), Operation::Enroll, Outcome::Allowed);
-        let index = self.log.append(&entry).map_err(audit_error)?;
+        self.log.append(&entry).map_err(audit_error)?;
         if let Some(s) = &self.syslog {
-            s.forward(index, &entry);
+            s.notify();
         }
         Ok(())
     }
@@ -189,9 +191,9 @@ impl AuditSink for std::sync::Arc<AuditTrail> {
         let multi = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let index = if multi { tokio::task::block_in_place(|| pending.wait()) } else { pending.wait() };
-        let index = index.map_err(audit_error)?;
+        index.map_err(audit_error)?;
         if let Some(s) = &self.syslog {
-            s.forward(index, &entry);
+            s.notify();
         }
         Ok(())
     }

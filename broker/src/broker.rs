@@ -212,7 +212,7 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
             .await
             .map_err(|_| Error::Config("opening the audit log was interrupted".into()))??;
         let trail = match &config.audit_syslog {
-            Some(c) => trail.with_syslog(crate::syslog::SyslogForwarder::start(c, crate::AUDIT_ORIGIN)?),
+            Some(c) => trail.with_syslog(c, &opened.data_dir)?,
             None => trail,
         };
         (std::sync::Arc::new(trail), keyring)
