@@ -49,8 +49,14 @@ fn one(mut e: Elem, ctx: &mut Ctx<'_>) -> Result<Option<Elem>, Error> {
     }
     let (action, row) = match table::row(e.tag) {
         Some(row) => (table::resolve(row, ctx.opts), Some(row)),
-        // Research releases: a date or time the table never judged is not kept on trust.
-        None if ctx.opts.remove_unlisted_temporal && matches!(e.vr, VR::DA | VR::DT | VR::TM) => return Ok(None),
+        // Research releases: a date or time the table never judged is not kept on trust,
+        // unless dates are shifted, which makes any date safe to keep (moved).
+        None if ctx.opts.remove_unlisted_temporal && matches!(e.vr, VR::DA | VR::DT | VR::TM) => {
+            if !ctx.opts.retain_long_modified_dates {
+                return Ok(None);
+            }
+            (Action::Clean, None)
+        }
         None if dictionary_vr(e.tag).is_some() => (Action::Keep, None),
         None => return Ok(None),
     };
@@ -77,6 +83,18 @@ fn apply(mut e: Elem, action: Action, basic: Option<table::Basic>, ctx: &mut Ctx
         (Action::Uid, Value::Bytes(b)) if e.vr == VR::UI => Value::Bytes(map_uids(&b, ctx.uids)),
         (Action::Uid | Action::Dummy, Value::Bytes(b)) => Value::Bytes(dummy(e.vr, &b, ctx.uids)),
         (Action::Clean, Value::Bytes(b)) => match e.vr {
+            // Modified dates: dates move by the subject's offset; times of day stay. A value
+            // that is not a whole date cannot be moved: the Basic Profile action applies
+            // (an unlisted one goes).
+            VR::DA | VR::DT if ctx.opts.retain_long_modified_dates => match crate::dates::shift(e.vr, &b, ctx.opts.date_offset_days) {
+                Some(moved) => Value::Bytes(moved),
+                None => {
+                    let fallback = basic.map(table::basic_action).filter(|a| *a != Action::Clean).unwrap_or(Action::Remove);
+                    e.value = Value::Bytes(b);
+                    return apply(e, fallback, None, ctx);
+                }
+            },
+            VR::TM if ctx.opts.retain_long_modified_dates => Value::Bytes(b),
             VR::SH | VR::LO | VR::ST | VR::LT | VR::UT | VR::UC => {
                 let (text, dropped) = clean_text(&String::from_utf8_lossy(&b));
                 ctx.cleaned_words |= dropped;

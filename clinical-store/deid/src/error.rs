@@ -60,6 +60,9 @@ pub enum Error {
     /// than label the output with a guarantee it does not give.
     #[error("the {option} option is not supported; switch it off (the Basic Profile action applies instead)")]
     UnsupportedOption { option: &'static str },
+    /// Options that cannot be applied together, or an option's value out of range.
+    #[error("invalid de-identification options: {why}")]
+    InvalidOptions { why: &'static str },
     /// A frame number outside the instance's frames was asked for.
     #[error("no such frame: the instance has {frames} frame(s), numbered from 1")]
     NoSuchFrame { frames: u32 },

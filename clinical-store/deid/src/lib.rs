@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod clean;
+mod dates;
 mod deid;
 mod error;
 mod identity;

@@ -11,8 +11,15 @@
 pub struct Options {
     /// Retain Longitudinal Temporal Information with Full Dates (113106).
     pub retain_long_full_dates: bool,
-    /// Retain Longitudinal Temporal Information with Modified Dates (113107). Not supported.
+    /// Retain Longitudinal Temporal Information with Modified Dates (113107): every date
+    /// the option's column marks, and every date the table does not list, moves by
+    /// `date_offset_days` (times of day are kept: a whole-day shift keeps every interval).
+    /// Set both with [`Options::with_modified_dates`].
     pub retain_long_modified_dates: bool,
+    /// The shift of [`Options::retain_long_modified_dates`], in days: the same for every
+    /// object of one subject, so intervals between them survive. Not zero; at most 100
+    /// years either way.
+    pub date_offset_days: i32,
     /// Retain Patient Characteristics (113108).
     pub retain_patient_characteristics: bool,
     /// Clean Descriptors (113105): free-text descriptions keep only allow-listed words.
@@ -43,6 +50,7 @@ impl Options {
         Options {
             retain_long_full_dates: false,
             retain_long_modified_dates: false,
+            date_offset_days: 0,
             retain_patient_characteristics: false,
             clean_descriptors: false,
             retain_uids: false,
@@ -77,6 +85,12 @@ impl Options {
             remove_unlisted_temporal: true,
             ..Options::basic()
         }
+    }
+
+    /// These options with Retain Longitudinal Temporal Information with Modified Dates on,
+    /// moving dates by `days` (the caller picks one offset per subject and keeps it secret).
+    pub const fn with_modified_dates(self, days: i32) -> Options {
+        Options { retain_long_modified_dates: true, date_offset_days: days, ..self }
     }
 
     /// The options in the order of the table's option columns.

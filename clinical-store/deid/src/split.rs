@@ -67,7 +67,12 @@ pub(crate) fn classify(uid: &str) -> Result<Syntax, Error> {
 
 fn check_options(opts: &Options) -> Result<(), Error> {
     if opts.retain_long_modified_dates {
-        return Err(Error::UnsupportedOption { option: "Retain Longitudinal Temporal Information with Modified Dates" });
+        if opts.retain_long_full_dates {
+            return Err(Error::InvalidOptions { why: "full dates and modified dates exclude each other" });
+        }
+        if opts.date_offset_days == 0 || opts.date_offset_days.unsigned_abs() > crate::dates::MAX_OFFSET_DAYS {
+            return Err(Error::InvalidOptions { why: "the date offset must be non-zero and at most 100 years" });
+        }
     }
     if opts.retain_safe_private {
         return Err(Error::UnsupportedOption { option: "Retain Safe Private" });
@@ -258,6 +263,7 @@ impl Job<'_> {
             (o.clean_structured_content, "113104", "Clean Structured Content Option"),
             (o.clean_descriptors, "113105", "Clean Descriptors Option"),
             (o.retain_long_full_dates, "113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+            (o.retain_long_modified_dates, "113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
             (o.retain_patient_characteristics, "113108", "Retain Patient Characteristics Option"),
             (o.retain_device_identity, "113109", "Retain Device Identity Option"),
             (o.retain_uids, "113110", "Retain UIDs Option"),
@@ -279,7 +285,11 @@ impl Job<'_> {
         header.push(bytes_elem(0x0012_0062, VR::CS, b"YES"));
         header.push(bytes_elem(0x0012_0063, VR::LO, DEIDENTIFICATION_METHOD.as_bytes()));
         header.push(Elem { tag: 0x0012_0064, vr: VR::SQ, value: Value::Seq { items, inner: self.enc } });
-        let temporal: &[u8] = if o.retain_long_full_dates { b"UNMODIFIED" } else { b"REMOVED" };
+        let temporal: &[u8] = match (o.retain_long_full_dates, o.retain_long_modified_dates) {
+            (true, _) => b"UNMODIFIED",
+            (false, true) => b"MODIFIED",
+            (false, false) => b"REMOVED",
+        };
         header.push(bytes_elem(0x0028_0303, VR::CS, temporal));
     }
 
