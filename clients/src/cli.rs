@@ -377,6 +377,10 @@ pub struct ExportArgs {
     /// Cohort: body part examined (CHEST, HEAD...).
     #[arg(long)]
     pub body_part: Option<String>,
+    /// Keep dates, moved by a secret offset per subject (1 to 3652 days back, new for each
+    /// export), so intervals survive; without it, dates are removed.
+    #[arg(long)]
+    pub shift_dates: bool,
     /// Directory to write the instances into (created 0700 if missing).
     #[arg(long)]
     pub out: PathBuf,

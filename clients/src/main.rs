@@ -377,7 +377,14 @@ fn retrieve(g: &Global, c: &Client, study: &str, dir: &Path) -> Result<()> {
 
 fn research_export_cmd(g: &Global, a: ExportArgs) -> Result<()> {
     let (c, _) = connect(g)?;
-    let sel = cleave_client::ExportSelection { study: a.study, modality: a.modality, from: a.from, to: a.to, body_part: a.body_part };
+    let sel = cleave_client::ExportSelection {
+        study: a.study,
+        modality: a.modality,
+        from: a.from,
+        to: a.to,
+        body_part: a.body_part,
+        shift_dates: a.shift_dates,
+    };
     let bar = progress(g, 0);
     let r = cleave_client::research_export(&c, &sel, &a.out, &mut |done, total| {
         if let Some(t) = total {
@@ -386,10 +393,11 @@ fn research_export_cmd(g: &Global, a: ExportArgs) -> Result<()> {
         bar.set_position(done);
     })?;
     bar.finish_and_clear();
-    let v = json!({"instances": r.instances, "withheld": r.withheld, "bytes": r.bytes, "dir": a.out});
+    let dates = if r.dates_shifted { "shifted" } else { "removed" };
+    let v = json!({"instances": r.instances, "withheld": r.withheld, "bytes": r.bytes, "dir": a.out, "dates": dates});
     out(g, &v, || {
         format!(
-            "{} instances ({} bytes) written to {}; {} withheld as not for research",
+            "{} instances ({} bytes) written to {}; {} withheld as not for research; dates {dates}",
             r.instances,
             r.bytes,
             a.out.display(),

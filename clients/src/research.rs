@@ -21,12 +21,23 @@ pub struct ExportSelection {
     pub from: Option<String>,
     pub to: Option<String>,
     pub body_part: Option<String>,
+    /// Keep dates, each subject's moved by its own secret offset (PS3.15 modified dates),
+    /// instead of removing them.
+    pub shift_dates: bool,
 }
 
 impl ExportSelection {
     /// The query string (without `?`).
     pub fn query(&self) -> String {
-        let pairs = [("study", &self.study), ("modality", &self.modality), ("from", &self.from), ("to", &self.to), ("body_part", &self.body_part)];
+        let shifted = self.shift_dates.then(|| "shifted".to_owned());
+        let pairs = [
+            ("study", &self.study),
+            ("modality", &self.modality),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("body_part", &self.body_part),
+            ("dates", &shifted),
+        ];
         pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v)))).collect::<Vec<_>>().join("&")
     }
 }
@@ -41,6 +52,8 @@ pub struct ExportReport {
     /// Bytes of DICOM written.
     pub bytes: u64,
     pub files: Vec<PathBuf>,
+    /// The server moved the dates (`Cleave-Export-Dates: shifted`) rather than removing them.
+    pub dates_shifted: bool,
 }
 
 /// Download an export into `dir`. `progress(done, total)` is called after each instance
@@ -50,7 +63,7 @@ pub fn export(c: &Client, sel: &ExportSelection, dir: &Path, progress: &mut dyn 
     let stage = dir.join(format!(".cleave-export-{}", cleave_keys::random_id128()));
     cleave_keys::durable::create_private_dir(&stage).map_err(|e| Error::io("creating", &stage, e))?;
     let result = download(c, sel, &stage, progress);
-    let outcome = result.and_then(|(staged, withheld)| {
+    let outcome = result.and_then(|(staged, withheld, dates_shifted)| {
         let mut files = Vec::new();
         let mut bytes = 0;
         for (i, (path, len)) in staged.iter().enumerate() {
@@ -60,19 +73,21 @@ pub fn export(c: &Client, sel: &ExportSelection, dir: &Path, progress: &mut dyn 
             files.push(to);
         }
         cleave_keys::durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
-        Ok(ExportReport { instances: files.len() as u64, withheld, bytes, files })
+        Ok(ExportReport { instances: files.len() as u64, withheld, bytes, files, dates_shifted })
     });
     // Whatever happened, the staging directory goes: on failure with what it held.
     let _ = std::fs::remove_dir_all(&stage);
     outcome
 }
 
-/// Stream the export into `stage`; the staged files (path, size) and the withheld count.
-fn download(c: &Client, sel: &ExportSelection, stage: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<(Vec<(PathBuf, u64)>, u64)> {
+/// Stream the export into `stage`; the staged files (path, size), the withheld count and
+/// whether the dates were shifted.
+fn download(c: &Client, sel: &ExportSelection, stage: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<(Vec<(PathBuf, u64)>, u64, bool)> {
     // Both callbacks reach the parser: the head makes it, the data feed it.
     let parser: std::cell::RefCell<Option<Parser>> = std::cell::RefCell::new(None);
     let total = std::cell::Cell::new(None);
     let withheld = std::cell::Cell::new(0);
+    let shifted = std::cell::Cell::new(false);
     let mut on_head = |h: &hyper::HeaderMap| -> Result<()> {
         let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let ct = header("content-type").unwrap_or_default();
@@ -87,6 +102,10 @@ fn download(c: &Client, sel: &ExportSelection, stage: &Path, progress: &mut dyn 
             .ok_or_else(|| Error::Protocol("a multipart answer without a boundary".into()))?;
         total.set(header("cleave-export-instances").and_then(|v| v.parse().ok()));
         withheld.set(header("cleave-export-withheld").and_then(|v| v.parse().ok()).unwrap_or(0));
+        shifted.set(header("cleave-export-dates").as_deref() == Some("shifted"));
+        if sel.shift_dates && !shifted.get() {
+            return Err(Error::Protocol("shifted dates were asked for and the server did not say it shifted them; nothing was kept".into()));
+        }
         *parser.borrow_mut() = Some(Parser::new(&boundary, stage));
         Ok(())
     };
@@ -108,8 +127,7 @@ fn download(c: &Client, sel: &ExportSelection, stage: &Path, progress: &mut dyn 
     if p.state != State::Done {
         return Err(Error::Protocol("the export ended before its closing delimiter; nothing was kept, run it again".into()));
     }
-    let withheld = withheld.get();
-    Ok((p.finished, withheld))
+    Ok((p.finished, withheld.get(), shifted.get()))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -279,6 +297,8 @@ mod tests {
     fn selections_become_queries() {
         let s = ExportSelection { modality: Some("CT".into()), from: Some("20190101".into()), ..Default::default() };
         assert_eq!(s.query(), "modality=CT&from=20190101");
+        let s = ExportSelection { study: Some("1.2.3".into()), shift_dates: true, ..Default::default() };
+        assert_eq!(s.query(), "study=1.2.3&dates=shifted");
         let s = ExportSelection { study: Some("1.2.3".into()), ..Default::default() };
         assert_eq!(s.query(), "study=1.2.3");
     }

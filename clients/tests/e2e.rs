@@ -621,6 +621,20 @@ fn a_researcher_exports_a_study_and_a_small_cohort_is_refused() {
     let bytes = std::fs::metadata(again.join("export-00001.dcm")).unwrap().len().to_string();
     insta::assert_snapshot!("research_export_human", redact(&human, &[(again.to_str().unwrap(), "[OUT]"), (&bytes, "[N]")]));
 
+    // Shifted dates, for studies of change over time: dates kept, moved back by a secret
+    // offset, and labelled as modified.
+    let shifted = w.home.path().join("export-shifted");
+    let r = w.ok_json(&["--profile", "res1", "research", "export", "--study", &study, "--shift-dates", "--out", shifted.to_str().unwrap()], &[]);
+    assert_eq!(r["dates"], "shifted", "{r}");
+    let read = |f: &std::path::Path| {
+        pydicom(&format!("import pydicom; d = pydicom.dcmread({:?}); print(d.StudyDate, '|', d.get('LongitudinalTemporalInformationModified', ''))", f.to_str().unwrap()))
+    };
+    let original = read(&pydicom_file("CT_small.dcm"));
+    let seen = read(&shifted.join("export-00001.dcm"));
+    let (o, s): (Vec<&str>, Vec<&str>) = (original.split('|').map(str::trim).collect(), seen.split('|').map(str::trim).collect());
+    assert!(o[0].len() == 8 && s[0].len() == 8 && s[0] < o[0], "the study date moves back: {original} -> {seen}");
+    assert_eq!(s[1], "MODIFIED", "{seen}");
+
     // One patient per modality here: a cohort is below the default threshold of 5.
     let (code, kind, msg) = w.fails(&["--profile", "res1", "research", "export", "--modality", "CT", "--out", out.to_str().unwrap()], &[]);
     assert_eq!((code, kind.as_str()), (3, "forbidden"), "{msg}");

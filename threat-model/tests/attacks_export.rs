@@ -93,6 +93,7 @@ struct Export {
     parts: Vec<Vec<u8>>,
     files: Vec<PathBuf>,
     withheld: String,
+    dates: String,
 }
 
 async fn export(b: &Broker, who: &Person, query: &str, dir: &Path) -> Export {
@@ -110,7 +111,12 @@ async fn export(b: &Broker, who: &Person, query: &str, dir: &Path) -> Export {
             f
         })
         .collect();
-    Export { parts, files, withheld: header(&r.head, "cleave-export-withheld").unwrap_or_default() }
+    Export {
+        parts,
+        files,
+        withheld: header(&r.head, "cleave-export-withheld").unwrap_or_default(),
+        dates: header(&r.head, "cleave-export-dates").unwrap_or_default(),
+    }
 }
 
 fn inspect(files: &[PathBuf]) -> Vec<Value> {
@@ -307,4 +313,53 @@ async fn research_export_resists_reidentification() {
     let p1 = get(b.addr(), auditor.cfg.clone(), &format!("/api/v1/audit/entries?patient={}&operation=export", pseudonyms[0]), Some(&auditor.token)).await;
     let found = p1.json()["entries"].as_array().unwrap().iter().filter(|e| e["outcome"]["result"] == "allowed").count();
     assert!(found >= 3, "the auditor finds patient 1's releases by pseudonym: {}", p1.body);
+
+    // Attack 4: shifted dates (PS3.15 modified dates) keep intervals but give away no
+    // date, and cannot be aligned across exports.
+    assert_eq!(cohort.dates, "removed", "dates are removed unless asked otherwise");
+    let cohort_shifted = "from=20190301&to=20190331&dates=shifted";
+    let (s1, s2) = (export(&b, &researcher, cohort_shifted, &work.path().join("s1")).await, export(&b, &researcher, cohort_shifted, &work.path().join("s2")).await);
+    assert_eq!((s1.dates.as_str(), s1.parts.len()), ("shifted", 8));
+    let date_needles: Vec<Vec<Vec<u8>>> = dates.iter().map(|d| variants(d)).collect();
+    for e in [&s1, &s2] {
+        let hits = scan_bytes(&e.parts.concat(), &date_needles);
+        assert!(hits.is_empty(), "an original date in a shifted export: {:?}", hits.iter().map(|i| &dates[*i]).collect::<Vec<_>>());
+    }
+    let day = |d: &str| -> i64 {
+        // Days since 1970-01-01 of a YYYYMMDD date (proleptic Gregorian).
+        let (y, m, dd) = (d[..4].parse::<i64>().unwrap(), d[4..6].parse::<i64>().unwrap(), d[6..8].parse::<i64>().unwrap());
+        let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * m + 2) / 5 + dd - 1;
+        era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+    };
+    let temporal = |p: &Value, tag: &str| -> String {
+        let t = p["temporal"].as_array().unwrap().iter().find(|t| t[0] == tag);
+        t.and_then(|t| t[1].as_str()).unwrap_or_else(|| panic!("no ({tag}) in {}", p["path"])).to_owned()
+    };
+    let study_dates = |ps: &[Value]| -> std::collections::BTreeMap<String, String> {
+        ps.iter().map(|p| (attr(p, "PatientID").unwrap().to_owned(), temporal(p, "00080020"))).collect()
+    };
+    let (is1, is2) = (inspect(&s1.files), inspect(&s2.files));
+    for p in is1.iter().chain(&is2) {
+        assert_eq!(attr(p, "LongitudinalTemporalInformationModified"), Some("MODIFIED"));
+        let study = temporal(p, "00080020");
+        // Each subject's study was in March 2019, and the procedure creation date (a date
+        // the table does not list) ten days later: the interval survives the shift...
+        assert_eq!(day(&temporal(p, "00144076")) - day(&study), 10, "the interval changed in {}", p["path"]);
+        assert_eq!(temporal(p, "00080030"), "101112", "the time of day is kept");
+        // ...and the shift is 1 to 3652 days back from one of those March days.
+        let back = (11..=14).map(|d| day(&format!("201903{d}")) - day(&study)).filter(|b| (1..=3652).contains(b)).count();
+        assert!(back > 0, "{study} is not 1 to 3652 days before a March 2019 study");
+    }
+    // A subject's objects move together (CT and MR of one study keep one date)...
+    for ps in [&is1, &is2] {
+        for p in ps.iter() {
+            assert_eq!(study_dates(ps)[attr(p, "PatientID").unwrap()], temporal(p, "00080020"), "one subject, two shifts");
+        }
+    }
+    // ...but the next export moves them again: its dates cannot be matched to the first's.
+    let (d1, d2): (BTreeSet<String>, BTreeSet<String>) = (study_dates(&is1).into_values().collect(), study_dates(&is2).into_values().collect());
+    assert_ne!(d1, d2, "two exports shifted the same");
 }

@@ -17,6 +17,17 @@
 //! weight), institution and device identity the care profile kept, and every date or time
 //! the PS3.15 table does not list. Patient ID becomes an export-local subject code.
 //!
+//! **Shifted dates** (`dates=shifted`; the default is `dates=removed`). For studies of
+//! change over time, the export can keep dates moved instead of removing them: PS3.15's
+//! Retain Longitudinal Temporal Information with Modified Dates option. Each subject gets
+//! its own offset, 1 to 3652 days back, drawn from a key of this export alone, and every
+//! date of that subject's objects (the table's dates and the ones it does not list) moves
+//! by it: intervals between a subject's studies and events survive, calendar dates do not,
+//! and the same subject's offset differs from one export to the next, so exports cannot be
+//! aligned on dates. Times of day are kept. The objects say `MODIFIED` in Longitudinal
+//! Temporal Information Modified (0028,0303) and carry code 113107; the response says
+//! `Cleave-Export-Dates: shifted`.
+//!
 //! **Unlinkability.** Every export draws two fresh random keys and forgets them when the
 //! stream ends: one re-keys every UID (study, series, instance, frame of reference,
 //! references inside sequences) with the same keyed derivation the store uses, the other
@@ -76,6 +87,24 @@ pub struct ExportQuery {
     from: Option<String>,
     to: Option<String>,
     body_part: Option<String>,
+    /// `removed` (the default) or `shifted`.
+    dates: Option<String>,
+}
+
+/// What an export does with dates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dates {
+    Removed,
+    /// Moved by a per-subject offset (see the module comment).
+    Shifted,
+}
+
+fn dates(v: Option<&str>) -> Result<Dates, Error> {
+    match v {
+        None | Some("removed") => Ok(Dates::Removed),
+        Some("shifted") => Ok(Dates::Shifted),
+        Some(_) => Err(Error::bad_request("dates must be removed (the default) or shifted")),
+    }
 }
 
 /// What is exported.
@@ -173,11 +202,22 @@ struct ExportKeys {
     uids: UidMapper,
     subjects: Key32,
     order: Key32,
+    dates: Key32,
 }
+
+/// The largest date shift, in days (about ten years).
+const MAX_SHIFT_DAYS: u64 = 3652;
 
 impl ExportKeys {
     fn fresh() -> ExportKeys {
-        ExportKeys { uids: UidMapper::new(Key32::generate()), subjects: Key32::generate(), order: Key32::generate() }
+        ExportKeys { uids: UidMapper::new(Key32::generate()), subjects: Key32::generate(), order: Key32::generate(), dates: Key32::generate() }
+    }
+
+    /// The days one subject's dates move by in this export: 1 to `MAX_SHIFT_DAYS` back.
+    fn date_offset(&self, pseudonym: &str) -> i32 {
+        let h = blake3::keyed_hash(self.dates.expose(), pseudonym.as_bytes());
+        let n = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        -((1 + n % MAX_SHIFT_DAYS) as i32)
     }
 
     /// The export-local code standing for one pseudonym.
@@ -204,7 +244,8 @@ pub async fn research_export(
         need = need.study(u)?;
     }
     let caller = authorize(&s, &c, &h, need)?;
-    let q = q.map_err(|_| Error::bad_request("malformed export query; keys: study, or modality, from, to, body_part"))?;
+    let q = q.map_err(|_| Error::bad_request("malformed export query; keys: study, or modality, from, to, body_part; and dates"))?;
+    let dates = dates(q.dates.as_deref())?;
     let sel = selection(q)?;
     let study = match &sel {
         Selection::Study(u) => Some(u.clone()),
@@ -248,6 +289,7 @@ pub async fn research_export(
         limits: s.pipeline.limits.clone(),
         keys,
         boundary: boundary.clone(),
+        dates,
     };
     let count = items.len();
     let state = s.clone();
@@ -274,6 +316,8 @@ pub async fn research_export(
     resp.headers_mut().insert(header::CONTENT_TYPE, hv(ct)?);
     resp.headers_mut().insert("cleave-export-instances", hv(count.to_string())?);
     resp.headers_mut().insert("cleave-export-withheld", hv(plan.withheld.to_string())?);
+    let said = if dates == Dates::Shifted { "shifted" } else { "removed" };
+    resp.headers_mut().insert("cleave-export-dates", HeaderValue::from_static(said));
     Ok(resp)
 }
 
@@ -283,13 +327,13 @@ struct Job {
     limits: cleave_deid::Limits,
     keys: ExportKeys,
     boundary: String,
+    dates: Dates,
 }
 
 impl Job {
     /// Write every part and the closing delimiter. The messages are PHI-free: they come
     /// from the store and the splitter, which name rules and kinds, never values.
     fn run(&self, items: &[Item], w: &mut ChannelWriter) -> Result<(), String> {
-        let opts = Options::research();
         let head = format!("--{}\r\nContent-Type: application/dicom\r\n\r\n", self.boundary);
         for item in items {
             let sop = item.sop_instance_uid.clone();
@@ -300,6 +344,10 @@ impl Job {
                 .map_err(|e| clinical_error(e).to_string())?;
             w.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
             let code = self.keys.subject(&item.pseudonym);
+            let opts = match self.dates {
+                Dates::Removed => Options::research(),
+                Dates::Shifted => Options::research().with_modified_dates(self.keys.date_offset(&item.pseudonym)),
+            };
             split(std::io::BufReader::with_capacity(CHUNK, reader), &mut *w, &opts, &self.keys.uids, &code, &self.limits)
                 .map_err(|e| format!("the research split failed: {e}"))?;
             w.write_all(b"\r\n").map_err(|e| e.to_string())?;
@@ -341,5 +389,28 @@ mod tests {
         assert_ne!(a.subject(p), a.subject("P1-ffeeddccbbaa99887766554433221100"));
         assert!(a.subject(p).starts_with("RS-") && a.subject(p).len() == 19 && !a.subject(p).contains(&p[3..]));
         assert_ne!(a.uids.map("1.2.3"), b.uids.map("1.2.3"));
+    }
+
+    #[test]
+    fn date_offsets_are_per_subject_within_an_export_and_drawn_again_for_the_next() {
+        let (a, b) = (ExportKeys::fresh(), ExportKeys::fresh());
+        let subjects: Vec<String> = (0..200).map(|i| format!("P1-{i:032x}")).collect();
+        let offsets: Vec<i32> = subjects.iter().map(|p| a.date_offset(p)).collect();
+        assert!(offsets.iter().all(|d| (-(MAX_SHIFT_DAYS as i32)..=-1).contains(d)), "1 to {MAX_SHIFT_DAYS} days back");
+        assert!(subjects.iter().zip(&offsets).all(|(p, d)| a.date_offset(p) == *d), "one subject, one offset");
+        let distinct: std::collections::BTreeSet<_> = offsets.iter().collect();
+        assert!(distinct.len() > 150, "subjects share offsets far more than chance: {}", distinct.len());
+        let same = subjects.iter().filter(|p| a.date_offset(p) == b.date_offset(p)).count();
+        assert!(same < 5, "the next export moves {same} of 200 subjects by the same days");
+    }
+
+    #[test]
+    fn dates_are_removed_unless_shifted_is_asked_for() {
+        assert!(matches!(dates(None), Ok(Dates::Removed)));
+        assert!(matches!(dates(Some("removed")), Ok(Dates::Removed)));
+        assert!(matches!(dates(Some("shifted")), Ok(Dates::Shifted)));
+        for bad in ["full", "SHIFTED", "", "shifted;full"] {
+            assert!(dates(Some(bad)).is_err(), "{bad}");
+        }
     }
 }
