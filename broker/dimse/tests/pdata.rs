@@ -5,12 +5,11 @@
 mod common;
 
 use common::*;
-use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, PresentationContextResultReason, UserVariableItem};
+use dicom_ul::pdu::PresentationContextResultReason;
 use dicom_ul::Pdu;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::client::TlsStream;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 const COMMAND: u8 = 0x01;
@@ -27,20 +26,8 @@ async fn read_pdu(tls: &mut TlsStream<TcpStream>) -> Vec<u8> {
 
 /// Associates as STORESCU proposing CT Image Storage in `ts` on context 1.
 async fn associate(pki: &Pki, server: &cleave_dimse::ServerHandle, ts: &str) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(pki.client_config());
-    let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-    let rq = Pdu::AssociationRQ(AssociationRQ {
-        protocol_version: 1,
-        calling_ae_title: "STORESCU".into(),
-        called_ae_title: CALLED_AE.into(),
-        application_context_name: "1.2.840.10008.3.1.1.1".into(),
-        presentation_contexts: vec![PresentationContextProposed { id: 1, abstract_syntax: CT_IMAGE_STORAGE.into(), transfer_syntaxes: vec![ts.into()] }],
-        user_variables: vec![UserVariableItem::MaxLength(16384)],
-    });
-    let mut bytes = Vec::new();
-    dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
-    tls.write_all(&bytes).await.unwrap();
+    let mut tls = tls_connect(pki, server).await;
+    tls.write_all(&associate_rq("STORESCU", CT_IMAGE_STORAGE, ts)).await.unwrap();
     let ac = read_pdu(&mut tls).await;
     match dicom_ul::read_pdu(&ac[..], 1 << 20, false) {
         Ok(Some(Pdu::AssociationAC(ac))) => {

@@ -5,9 +5,6 @@
 mod common;
 
 use common::*;
-use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
-use dicom_ul::Pdu;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -16,23 +13,8 @@ async fn fail_a_refusal_arrives_as_a_reject_even_when_the_peer_sent_more_than_th
     let sink = DirSink::new();
     let server = start(&pki, sink.clone()).await;
     for round in 0..20 {
-        let tcp = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(pki.client_config());
-        let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-        let rq = Pdu::AssociationRQ(AssociationRQ {
-            protocol_version: 1,
-            calling_ae_title: "INTRUDER".into(),
-            called_ae_title: CALLED_AE.into(),
-            application_context_name: "1.2.840.10008.3.1.1.1".into(),
-            presentation_contexts: vec![PresentationContextProposed {
-                id: 1,
-                abstract_syntax: "1.2.840.10008.1.1".into(),
-                transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
-            }],
-            user_variables: vec![UserVariableItem::MaxLength(16384)],
-        });
-        let mut bytes = Vec::new();
-        dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
+        let mut tls = tls_connect(&pki, &server).await;
+        let mut bytes = associate_rq("INTRUDER", "1.2.840.10008.1.1", "1.2.840.10008.1.2");
         // An eager peer: the first P-DATA-TF is on its way before the answer.
         let junk = vec![0x42u8; 200_000];
         bytes.extend_from_slice(&[0x04, 0x00]);

@@ -191,6 +191,31 @@ impl StoreSink for DirSink {
     }
 }
 
+/// A TLS connection to `server` presenting the enrolled client certificate, as a DICOM
+/// peer written by hand (no DICOM toolkit) would open it.
+pub async fn tls_connect(pki: &Pki, server: &ServerHandle) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(pki.client_config());
+    connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+}
+
+/// The bytes of an A-ASSOCIATE-RQ from `calling` to our AE title proposing `abstract_syntax`
+/// in transfer syntax `ts` on presentation context 1.
+pub fn associate_rq(calling: &str, abstract_syntax: &str, ts: &str) -> Vec<u8> {
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+    let rq = dicom_ul::Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: calling.into(),
+        called_ae_title: CALLED_AE.into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed { id: 1, abstract_syntax: abstract_syntax.into(), transfer_syntaxes: vec![ts.into()] }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut bytes = Vec::new();
+    dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
+    bytes
+}
+
 pub async fn start(pki: &Pki, sink: Arc<DirSink>) -> ServerHandle {
     start_with(pki, sink, DimseConfig::default()).await
 }
