@@ -30,7 +30,7 @@ pub(crate) fn shift(vr: VR, value: &[u8], days: i32) -> Option<Vec<u8>> {
         let (date, rest) = (v.get(..8)?, v.get(8..)?);
         match vr {
             VR::DA if !rest.is_empty() => return None,
-            VR::DT if !rest.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'+' | b'-')) => return None,
+            VR::DT if !is_dt_tail(rest) => return None,
             VR::DA | VR::DT => {}
             _ => return None,
         }
@@ -41,6 +41,28 @@ pub(crate) fn shift(vr: VR, value: &[u8], days: i32) -> Option<Vec<u8>> {
         out.push(b' ');
     }
     Some(out)
+}
+
+/// What may follow the date in a DT value (PS3.5 6.2): `HH`, `HHMM`, `HHMMSS` or
+/// `HHMMSS.F` to `HHMMSS.FFFFFF`, then optionally a UTC offset `&ZZXX` (`+` or `-` and four
+/// digits). Checked exactly, because anything else kept verbatim could carry a second date
+/// (a range such as `20200101-20200131` would otherwise keep its end unmoved).
+fn is_dt_tail(rest: &str) -> bool {
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let (time, offset) = match rest.len().checked_sub(5).and_then(|i| rest.get(i..).map(|o| (i, o))) {
+        Some((i, o)) if matches!(o.as_bytes()[0], b'+' | b'-') => (&rest[..i], Some(&o[1..])),
+        _ => (rest, None),
+    };
+    if offset.is_some_and(|o| !digits(o)) {
+        return false;
+    }
+    let (hms, fraction) = match time.split_once('.') {
+        Some((hms, f)) => (hms, Some(f)),
+        None => (time, None),
+    };
+    let hms_ok = digits(hms) && matches!(hms.len(), 0 | 2 | 4 | 6);
+    let fraction_ok = fraction.is_none_or(|f| hms.len() == 6 && (1..=6).contains(&f.len()) && digits(f));
+    hms_ok && fraction_ok
 }
 
 /// `YYYYMMDD` moved by `days`, if both dates exist in years 1 to 9999.
@@ -81,6 +103,12 @@ mod tests {
         assert_eq!(dt("2020").as_deref(), None, "a year alone cannot move faithfully");
         assert_eq!(dt("202003").as_deref(), None);
         assert_eq!(dt("20200301T1011").as_deref(), None);
+        assert_eq!(dt("2020030110-0500").as_deref(), Some("2020022810-0500 "), "padded to even length");
+        assert_eq!(dt("20200301+0100").as_deref(), Some("20200228+0100 "));
+        // A range (query syntax, not a stored value) would keep its second date unmoved.
+        for bad in ["20200301-20200331", "20200301101112-20200331", "2020030110111.5", "20200301.5", "202003011011121234567", "20200301101112.1234567", "20200301+01"] {
+            assert_eq!(dt(bad), None, "{bad}");
+        }
     }
 
     #[test]
