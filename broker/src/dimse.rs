@@ -146,7 +146,7 @@ impl StoreSink for DimseSink {
             return Err(self.refuse(&fp, refusal, why));
         }
         let (source, presented) = self.presented(peer, &fp);
-        let conn = ConnInfo { listener: ListenerKind::Mtls, peer: peer.peer_addr(), client_cert: Some(fp.clone()) };
+        let conn = ConnInfo { listener: ListenerKind::Mtls, peer: peer.peer_addr(), client_cert: Some(fp.clone()), local_port: None };
         // The same check and the same audit entry as a STOW-RS request.
         match authz::authorize_presented(&self.state, &conn, presented, Need::new(Op::Append, Store::Clinical, ROUTE)) {
             Ok(caller) => Ok(DeviceAssociation { caller, fingerprint: fp }),

@@ -41,6 +41,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// SHA-256 of the client certificate's DER; `None` on the consultant listener.
     pub client_cert: Option<CertFingerprint>,
+    /// The port the client connected to, for URLs given back to it (see `wado::base_url`).
+    pub local_port: Option<u16>,
 }
 
 /// Per-listener limits.
@@ -71,6 +73,7 @@ pub(crate) async fn serve(listener: TcpListener, acceptor: TlsAcceptor, kind: Li
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        let local_port = tcp.local_addr().ok().map(|a| a.port());
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
@@ -88,7 +91,7 @@ pub(crate) async fn serve(listener: TcpListener, acceptor: TlsAcceptor, kind: Li
             };
             let client_cert =
                 tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| CertFingerprint::of_der(c));
-            let info = ConnInfo { listener: kind, peer, client_cert };
+            let info = ConnInfo { listener: kind, peer, client_cert, local_port };
             serve_connection(tls, info, app, limits).await;
         });
     }

@@ -251,13 +251,24 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
         assert_eq!(r.parts().remove(0).1, part, "{path}");
     }
 
-    // Metadata: DICOM JSON, identity restored for the nurse, pixel data omitted.
+    // Metadata: DICOM JSON, identity restored for the nurse, pixel data by reference
+    // (BulkDataURI, with the port this client connected to), never inline.
     let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}/series/{series_a}/instances/{sop_a}/metadata"), Some(&nurse)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let m = r.json();
     assert_eq!(m[0]["00100010"]["Value"][0]["Alphabetic"], "CANARY^ALICE");
     assert_eq!(m[0]["00280010"]["Value"][0], 128);
-    assert!(m[0].get("7FE00010").is_none());
+    let pixels = &m[0]["7FE00010"];
+    assert!(pixels.get("Value").is_none() && pixels.get("InlineBinary").is_none(), "pixel data inlined: {pixels}");
+    let bulk = pixels["BulkDataURI"].as_str().unwrap_or_else(|| panic!("no BulkDataURI: {pixels}")).to_owned();
+    let bulk_path = format!("/dicomweb/studies/{study_a}/series/{series_a}/instances/{sop_a}/bulkdata/7FE00010");
+    assert_eq!(bulk, format!("https://localhost:{}{bulk_path}", a.port()));
+    let r = get_raw(a, nurse_cfg.clone(), &bulk_path, &nurse, None).await;
+    assert_eq!(r.status, 200);
+    let frame1 = get_raw(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_a}/series/{series_a}/instances/{sop_a}/frames/1"), &nurse, None).await;
+    assert_eq!(r.parts(), frame1.parts(), "the bulk data of a single-frame instance is its one frame");
+    let other_tag = format!("/dicomweb/studies/{study_a}/series/{series_a}/instances/{sop_a}/bulkdata/00100010");
+    assert_eq!(get(a, nurse_cfg.clone(), &other_tag, Some(&nurse)).await.status, 404, "only pixel data is bulk data");
     let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_b}/metadata"), Some(&nurse)).await;
     assert_eq!(r.json()[0]["00100020"]["Value"][0], "CANARY-B-2");
 
@@ -364,6 +375,7 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
         format!("/dicomweb/studies/{study_b}/series"),
         format!("/dicomweb/studies/{study_b}/instances"),
         format!("/dicomweb/studies/{study_b}/series/{series_a}/instances/{sop_a}"),
+        format!("/dicomweb/studies/{study_b}/series/{series_a}/instances/{sop_a}/bulkdata/7FE00010"),
     ] {
         let r = get(c, anon.clone(), &other, Some(&study_share)).await;
         assert_eq!(r.status, 403, "share for study A fetched {other}: {}", r.body);
@@ -464,6 +476,8 @@ async fn dicomweb_client_stores_searches_and_retrieves() {
     assert_eq!(report["identity_removed"], "NO");
     assert_eq!(report["pixels_identical"], true);
     assert_eq!(report["frames_checked"], 2);
+    assert_eq!(report["bulkdata_parts"], report["frames"], "the pixel data's BulkDataURI gives every frame: {report}");
+    assert_eq!(report["bulkdata_identical"], true);
     assert_eq!(report["metadata_name"], "CANARY^CAROL");
     assert_eq!(report["rows"], 10);
     assert_ne!(report["sop_uid"], report["original_sop_uid"], "the broker serves its derived UIDs");

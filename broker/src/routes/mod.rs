@@ -84,6 +84,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}", get(wado::retrieve_instance))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata", get(wado::instance_metadata))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", get(wado::frames))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}", get(wado::bulkdata))
         .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))

@@ -66,6 +66,15 @@ const R_STUDY_META: &str = "/dicomweb/studies/{study}/metadata";
 const R_SERIES_META: &str = "/dicomweb/studies/{study}/series/{series}/metadata";
 const R_INSTANCE_META: &str = "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata";
 const R_FRAMES: &str = "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}";
+const R_BULKDATA: &str = "/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}";
+/// The one attribute sent as bulk data: Pixel Data. Other binary values are small enough to
+/// go inline in the metadata (InlineBinary).
+const PIXEL_DATA: &str = "7FE00010";
+
+/// The BulkDataURI of an instance's pixel data (`base` as [`base_url`] gives it).
+fn pixel_data_uri(base: &str, i: &InstanceRecord) -> String {
+    format!("{base}/dicomweb/studies/{}/series/{}/instances/{}/bulkdata/{PIXEL_DATA}", i.study_uid, i.series_uid, i.sop_instance_uid)
+}
 
 /// At most this many frames in one request.
 const MAX_FRAMES_PER_REQUEST: usize = 1024;
@@ -428,11 +437,14 @@ async fn metadata(s: AppState, c: ConnInfo, h: HeaderMap, route: &'static str, t
     let limits: Limits = s.pipeline.limits.clone();
     let restore = a.restore.clone();
     let instances = a.resolved.instances;
+    let base = base_url(&h, &c);
     let out = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, Error> {
         let mut out = Vec::with_capacity(instances.len());
         for inst in &instances {
             let blob = reader.open_instance(&inst.sop_instance_uid)?;
-            let j = cleave_deid::metadata_json(blob, restore.as_deref(), &limits, None)
+            // PS3.18: bulk data are referenced, not inlined.
+            let uri = pixel_data_uri(&base, inst);
+            let j = cleave_deid::metadata_json(blob, restore.as_deref(), &limits, Some(&uri))
                 .map_err(|e| Error::Store(format!("reading a stored instance: {e}")))?;
             out.push(j);
         }
@@ -489,10 +501,31 @@ pub async fn frames(
 ) -> Result<Response, Error> {
     let t = Target::new(study, Some(series), Some(instance), true)?;
     let list = frame_list(&list)?;
+    send_frames(s, c, h, R_FRAMES, t, Some(list)).await
+}
+
+/// `GET .../instances/{instance}/bulkdata/7FE00010`: the BulkDataURI the metadata gives for
+/// an instance's pixel data; every frame, one part each, as the frames resource sends them.
+pub async fn bulkdata(
+    State(s): State<AppState>,
+    Extension(c): Extension<ConnInfo>,
+    Path((study, series, instance, tag)): Path<(String, String, String, String)>,
+    h: HeaderMap,
+) -> Result<Response, Error> {
+    let t = Target::new(study, Some(series), Some(instance), true)?;
+    if !tag.eq_ignore_ascii_case(PIXEL_DATA) {
+        return Err(Error::not_found("bulk data element (only Pixel Data, 7FE00010, is sent as bulk data; other binary values are inline in the metadata)"));
+    }
+    send_frames(s, c, h, R_BULKDATA, t, None).await
+}
+
+/// Frames `list` (all of them if `None`) of the one instance `t` names.
+async fn send_frames(s: AppState, c: ConnInfo, h: HeaderMap, route: &'static str, t: Target, list: Option<Vec<u32>>) -> Result<Response, Error> {
     // Frames carry pixels only: nothing to re-identify.
-    let a = access(&s, &c, &h, R_FRAMES, t, false).await?;
+    let a = access(&s, &c, &h, route, t, false).await?;
     let Some(inst) = a.resolved.instances.first().cloned() else { return Err(Error::not_found("instance")) };
     let count = inst.frames.unwrap_or(1).max(1);
+    let list = list.unwrap_or_else(|| (1..=count).collect());
     if list.iter().any(|n| *n > count) {
         return Err(Error::bad_request("a frame number is beyond the instance's NumberOfFrames"));
     }
@@ -531,13 +564,23 @@ fn attr(vr: &str, values: Vec<Value>) -> Value {
     if values.is_empty() { json!({"vr": vr}) } else { json!({"vr": vr, "Value": values}) }
 }
 
-/// `https://<host>` from the request, for RetrieveURL; relative URLs without a usable Host.
-fn base_url(h: &HeaderMap) -> String {
-    h.get(header::HOST)
+/// `https://<host>[:<port>]` from the request, for RetrieveURL and BulkDataURI; relative
+/// URLs without a usable Host. A Host without a port gets the port the client connected
+/// to, unless that is 443: dicomweb-client sends `Host: <name>` without the port it
+/// connected to, and a URL without it would send the client to port 443.
+fn base_url(h: &HeaderMap, c: &ConnInfo) -> String {
+    let Some(host) = h
+        .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .filter(|host| !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
-        .map(|host| format!("https://{host}"))
-        .unwrap_or_default()
+    else {
+        return String::new();
+    };
+    let has_port = host.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    match c.local_port {
+        Some(port) if !has_port && port != 443 => format!("https://{host}:{port}"),
+        _ => format!("https://{host}"),
+    }
 }
 
 /// The query string as keys and values; a malformed one is 400 in the one error format.
@@ -579,7 +622,7 @@ pub async fn qido_series(
         return Err(Error::NotAcceptable("search results are sent as application/dicom+json only".into()));
     }
     a.record(&s)?;
-    let base = base_url(&h);
+    let base = base_url(&h, &c);
     let out: Vec<Value> = a
         .resolved
         .series
@@ -621,7 +664,7 @@ pub async fn qido_all_series(
     };
     let found = with_clinical(&s, &caller, move |st| st.find_series(&sq)).await?;
     record_cross_study(&s, &caller, R_ALL_SERIES_SEARCH, found.iter().map(|(p, _)| p))?;
-    let base = base_url(&h);
+    let base = base_url(&h, &c);
     let out: Vec<Value> = found.iter().map(|(pseudonym, se)| series_answer(se, Some(pseudonym), &base)).collect();
     Ok(dicom_json_response(Value::Array(out)))
 }
@@ -704,7 +747,7 @@ async fn search_instances(
         .cloned()
         .collect();
     let picked = picked.into_iter().map(|i| (None, i)).collect();
-    instance_answers(&s, &a.caller, picked, &h).await
+    instance_answers(&s, &a.caller, picked, base_url(&h, &c)).await
 }
 
 /// `GET /dicomweb/instances` (PS3.18's "All Instances"): instances across studies; keys
@@ -734,7 +777,7 @@ pub async fn qido_all_instances(
     let found = with_clinical(&s, &caller, move |st| st.find_instances(&iq)).await?;
     record_cross_study(&s, &caller, R_ALL_INSTANCE_SEARCH, found.iter().map(|(p, _)| p))?;
     let picked = found.into_iter().map(|(p, i)| (Some(p), i)).collect();
-    instance_answers(&s, &caller, picked, &h).await
+    instance_answers(&s, &caller, picked, base_url(&h, &c)).await
 }
 
 /// Authorization for a search across studies, as `qido_studies` does it: read on the
@@ -784,10 +827,9 @@ fn record_cross_study<'a>(s: &AppState, caller: &Caller, route: &'static str, pa
 /// The DICOM JSON answer of an instance search. Rows and Columns are read from each
 /// instance's stored header (the index does not hold them); PatientID (the pseudonym) is
 /// given where the search spans patients.
-async fn instance_answers(s: &AppState, caller: &Caller, picked: Vec<(Option<String>, InstanceRecord)>, h: &HeaderMap) -> Result<Response, Error> {
+async fn instance_answers(s: &AppState, caller: &Caller, picked: Vec<(Option<String>, InstanceRecord)>, base: String) -> Result<Response, Error> {
     let reader = ClinicalReader::new(s, caller);
     let limits: Limits = s.pipeline.limits.clone();
-    let base = base_url(h);
     let out = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, Error> {
         let mut out = Vec::with_capacity(picked.len());
         for (pseudonym, i) in &picked {

@@ -62,6 +62,12 @@ assert len(got) == 2, len(got)
 for n, data in zip(wanted, got):
     assert data == original.PixelData[(n - 1) * size:n * size], f"frame {n} differs"
 meta = nurse.retrieve_instance_metadata(study_uid, series_uid, sop_uid)
+# Pixel data are referenced from the metadata (PS3.18 BulkDataURI), at every level, and
+# the reference gives every frame.
+uri = meta["7FE00010"]["BulkDataURI"]
+assert uri.startswith(base + "/dicomweb/studies/"), uri
+assert [m["7FE00010"]["BulkDataURI"] for m in nurse.retrieve_study_metadata(study_uid)] == [uri]
+bulk = nurse.retrieve_bulkdata(uri)
 
 print(json.dumps({
     "study_uid": study_uid,
@@ -72,6 +78,9 @@ print(json.dumps({
     "identity_removed": str(one.get("PatientIdentityRemoved", "")),
     "pixels_identical": one.PixelData == original.PixelData,
     "frames_checked": len(got),
+    "bulkdata_parts": len(bulk),
+    "bulkdata_identical": b"".join(bulk) == original.PixelData,
+    "frames": frames,
     "metadata_name": meta["00100010"]["Value"][0]["Alphabetic"],
     "rows": instances[0]["00280010"]["Value"][0],
 }))
