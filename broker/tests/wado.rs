@@ -272,6 +272,36 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     let r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_b}/metadata"), Some(&nurse)).await;
     assert_eq!(r.json()[0]["00100020"]["Value"][0], "CANARY-B-2");
 
+    // Rendered: the CT as a JPEG, through its rescale and a window (the frame's range, then
+    // the one asked for), checked against the same rendering done with numpy and Pillow.
+    let inst_a = format!("/dicomweb/studies/{study_a}/series/{series_a}/instances/{sop_a}");
+    for (query, window) in [("", None), ("?window=40,400,linear&quality=95", Some(("40", "400")))] {
+        let r = get_raw(a, nurse_cfg.clone(), &format!("{inst_a}/rendered{query}"), &nurse, Some("image/jpeg")).await;
+        assert_eq!(r.status, 200, "rendered{query}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("content-type").as_deref(), Some("image/jpeg"));
+        let jpeg = work.path().join("ct-rendered.jpg");
+        std::fs::write(&jpeg, &r.body).unwrap();
+        let mut args = vec![script("rendered_check.py"), work.path().join("ct.dcm"), jpeg];
+        if let Some((c, w)) = window {
+            args.extend([c.into(), w.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(|p| p.to_str().unwrap()).collect();
+        let v = python(&args);
+        assert_eq!((v["size"].clone(), v["mode"].clone()), (json!([128, 128]), json!("L")), "rendered{query}: {v}");
+        assert!(v["spread"].as_f64().unwrap() > 20.0, "the expected image is not flat: {v}");
+        assert!(v["mae"].as_f64().unwrap() < 2.5, "rendered{query} differs from PS3.3's rendering: {v}");
+        if query.is_empty() {
+            let f = get_raw(a, nurse_cfg.clone(), &format!("{inst_a}/frames/1/rendered"), &nurse, None).await;
+            assert_eq!(f.body, r.body, "frame 1 rendered is the instance rendered");
+        }
+    }
+    for (bad, status) in [("/rendered?viewport=64,64", 400), ("/rendered?window=40,400", 400), ("/frames/1,2/rendered", 400), ("/frames/2/rendered", 400)] {
+        let r = get(a, nurse_cfg.clone(), &format!("{inst_a}{bad}"), Some(&nurse)).await;
+        assert_eq!(r.status, status, "{bad}: {}", r.body);
+    }
+    let r = get_raw(a, nurse_cfg.clone(), &format!("{inst_a}/rendered"), &nurse, Some("image/png")).await;
+    assert_eq!(r.status, 406, "only JPEG is rendered");
+
     // Frames: native multi-frame (rtdose, 15 frames) in the order asked; RLE by fragment.
     let (study_d, sop_d) = ids["dose"].clone();
     let series_d = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_d}/series"), Some(&nurse)).await.json()[0]["0020000E"]["Value"][0]
@@ -289,6 +319,9 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
     }
     let r = get_raw(a, nurse_cfg.clone(), &format!("{frames_url}/16"), &nurse, None).await;
     assert_eq!((r.status, r.answer().error_code().as_str()), (400, "bad_request"));
+    // 32-bit dose grids are not rendered (no guessing at a display range): 406.
+    let r = get_raw(a, nurse_cfg.clone(), &format!("{frames_url}/2/rendered"), &nurse, None).await;
+    assert_eq!(r.status, 406, "{}", r.text());
     let (study_r, sop_r) = ids["rle"].clone();
     let series_r = get(a, nurse_cfg.clone(), &format!("/dicomweb/studies/{study_r}/series"), Some(&nurse)).await.json()[0]["0020000E"]["Value"][0]
         .as_str()
@@ -376,6 +409,7 @@ async fn nurses_retrieve_reidentified_and_shares_get_exactly_what_was_shared() {
         format!("/dicomweb/studies/{study_b}/instances"),
         format!("/dicomweb/studies/{study_b}/series/{series_a}/instances/{sop_a}"),
         format!("/dicomweb/studies/{study_b}/series/{series_a}/instances/{sop_a}/bulkdata/7FE00010"),
+        format!("/dicomweb/studies/{study_b}/series/{series_a}/instances/{sop_a}/rendered"),
     ] {
         let r = get(c, anon.clone(), &other, Some(&study_share)).await;
         assert_eq!(r.status, 403, "share for study A fetched {other}: {}", r.body);

@@ -85,6 +85,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata", get(wado::instance_metadata))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", get(wado::frames))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}", get(wado::bulkdata))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered", get(wado::rendered_instance))
+        .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", get(wado::rendered_frame))
         .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))

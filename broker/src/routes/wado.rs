@@ -54,6 +54,9 @@ use crate::Error;
 use super::streaming::{self, ChannelWriter};
 use cleave_tokens::{Op, Store};
 
+mod rendered;
+pub use rendered::{rendered_frame, rendered_instance};
+
 const R_SERIES_SEARCH: &str = "/dicomweb/studies/{study}/series";
 const R_INSTANCE_SEARCH: &str = "/dicomweb/studies/{study}/series/{series}/instances";
 const R_STUDY_INSTANCE_SEARCH: &str = "/dicomweb/studies/{study}/instances";
