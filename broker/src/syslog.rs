@@ -208,8 +208,10 @@ fn connect(address: &str, tls: &Arc<rustls::ClientConfig>, name: &rustls::pki_ty
     Ok(s)
 }
 
-/// How long to wait after the handshake for the collector to refuse us.
-const HANDSHAKE_VERDICT: Duration = Duration::from_millis(250);
+/// How long to wait after the handshake for the collector to refuse us. Paid once per
+/// connection, which lives as long as the collector keeps it: generous, so that a loaded
+/// host does not mistake a slow refusal for an accepted connection.
+const HANDSHAKE_VERDICT: Duration = Duration::from_secs(1);
 
 /// Whether the collector has closed or refused the connection. A syslog collector sends
 /// nothing, so any alert, close or error seen by a read means the connection is unusable.
