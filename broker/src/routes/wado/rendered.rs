@@ -30,9 +30,10 @@ use crate::Error;
 
 const R_RENDERED: &str = "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered";
 const R_FRAME_RENDERED: &str = "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered";
-/// The largest frame rendered, in pixels: the frame and its 8-bit image are held in memory
-/// while the JPEG is encoded.
-const MAX_PIXELS: u64 = 64 << 20;
+/// The largest frame rendered, in pixels (4096 x 4096, more than a mammogram): the frame
+/// (up to 32 MiB at 16 bits) and its 8-bit image are held in memory while the JPEG is
+/// encoded, so this bounds what one request can make the broker hold.
+const MAX_PIXELS: u64 = 16 << 20;
 
 /// `GET .../instances/{instance}/rendered`: the first frame.
 pub async fn rendered_instance(
@@ -248,15 +249,16 @@ impl Layout {
             let v = v & ((1u64 << bits) - 1);
             if self.signed && v >> (bits - 1) & 1 == 1 { v as i64 - (1i64 << bits) } else { v as i64 }
         };
-        let values: Vec<f64> = (0..n).map(|i| raw(i) as f64 * self.slope + self.intercept).collect();
+        // Computed twice rather than held: a Vec of f64 would be eight times the image.
+        let value = |i: usize| raw(i) as f64 * self.slope + self.intercept;
         let (center, width) = match window.or(self.window) {
             Some(w) => w,
             None => {
-                let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+                let (lo, hi) = (0..n).map(value).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
                 ((lo + hi) / 2.0 + 0.5, (hi - lo + 1.0).max(1.0))
             }
         };
-        Ok((values.iter().map(|v| voi(*v, center, width, self.monochrome1)).collect(), jpeg_encoder::ColorType::Luma))
+        Ok(((0..n).map(|i| voi(value(i), center, width, self.monochrome1)).collect(), jpeg_encoder::ColorType::Luma))
     }
 }
 
