@@ -18,63 +18,13 @@ mod common;
 #[path = "../dimse/tests/common/orthanc.rs"]
 mod orthanc;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use common::dimse::*;
 use common::*;
 use rustls::ClientConfig;
-
-/// The shared test configuration plus a DICOM TLS listener on an ephemeral port (a
-/// top-level key, so it goes before the config's `[login]` table).
-fn config() -> String {
-    format!("dicom_listen = \"127.0.0.1:0\"{TEST_CONFIG}")
-}
-
-const AE: &str = "CT_DIMSE";
-
-fn dcmtk(tool: &str) -> PathBuf {
-    // Full path: pynetdicom installs Python scripts with the same names earlier on PATH.
-    let p = PathBuf::from("/usr/bin").join(tool);
-    assert!(p.exists(), "{} is missing: install the Debian package dcmtk (apt-get install dcmtk)", p.display());
-    p
-}
-
-/// Runs a dcmtk tool with TCP_NODELAY=1 (dcmtk reads it) off the async runtime.
-async fn run(mut cmd: Command) -> Output {
-    cmd.env("TCP_NODELAY", "1");
-    tokio::task::spawn_blocking(move || cmd.output().expect("cannot start the dcmtk process")).await.unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-struct Pair {
-    cert: PathBuf,
-    key: PathBuf,
-    /// SHA-256 of the certificate, lower-case hex (as the audit log records it).
-    fingerprint: String,
-}
-
-fn dcmtk_cmd(b: &Broker, tool: &str, pair: &Pair, calling: &str) -> Command {
-    let mut cmd = Command::new(dcmtk(tool));
-    cmd.arg("+tls").arg(&pair.key).arg(&pair.cert).arg("+cf").arg(b.ca_pem());
-    let port = b.running.dicom_addr.expect("the broker was started with dicom_listen").port();
-    cmd.args(["-to", "10", "-aet", calling, "-aec", "CLEAVE", "127.0.0.1", &port.to_string()]);
-    cmd
-}
-
-/// A certificate issued by the broker's CA; enrolled as a device with `ae` if given.
-fn certificate(b: &Broker, label: &str, ae: Option<&str>) -> Pair {
-    let opened = broker::open(b.data(), broker::MasterKeySource::KeyFile).unwrap();
-    let issued = broker::issue_client_cert(b.data(), label, 30).unwrap();
-    let (cert, key) = broker::write_pair(&b.data().join("test-certs"), label, &issued).unwrap();
-    if let Some(ae) = ae {
-        opened.accounts.add_device(issued.fingerprint.hex(), label, ae, "test").unwrap();
-    }
-    Pair { cert, key, fingerprint: issued.fingerprint.hex().to_owned() }
-}
 
 async fn studies(b: &Broker, cfg: &Arc<ClientConfig>, token: &str) -> Vec<serde_json::Value> {
     let a = get(b.addr(), cfg.clone(), "/dicomweb/studies", Some(token)).await;

@@ -1,6 +1,7 @@
 //! Test harness: start a real broker on 127.0.0.1:0 and talk to it over real TLS.
 #![allow(dead_code)]
 
+pub mod dimse;
 mod raw_http;
 
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@
 //! the peer is not installed.
 #![allow(dead_code)]
 
+pub mod large;
 pub mod orthanc;
 
 use std::io::{Read, Write};
