@@ -153,6 +153,11 @@ impl AuditTrail {
         &self.log
     }
 
+    /// The next leaf the syslog forwarder will send, if forwarding is on.
+    pub(crate) fn syslog_next(&self) -> Option<u64> {
+        self.syslog.as_ref().map(|s| s.next())
+    }
+
     pub fn refs(&self) -> &ReferenceKey {
         &self.refs
     }

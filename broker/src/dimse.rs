@@ -142,6 +142,21 @@ impl StoreSink for DimseSink {
 
     fn authorize(&self, peer: &PeerInfo) -> Result<DeviceAssociation, Refusal> {
         let fp = CertFingerprint(hex::encode(peer.client_cert_sha256()));
+        let decided = self.decide(peer, fp);
+        self.state.metrics.association(if decided.is_ok() { "accepted" } else { "refused" });
+        decided
+    }
+
+    fn store(&self, principal: &DeviceAssociation, object: StoreRequest, data: Box<dyn Read + Send>) -> Result<(), StoreFailure> {
+        let (outcome, result) = self.store_counted(principal, object, data);
+        self.state.metrics.ingested("dimse", outcome);
+        result
+    }
+}
+
+impl DimseSink {
+    /// `authorize`, before it is counted.
+    fn decide(&self, peer: &PeerInfo, fp: CertFingerprint) -> Result<DeviceAssociation, Refusal> {
         if let Err((refusal, why)) = self.check_peer(peer, &fp) {
             return Err(self.refuse(&fp, refusal, why));
         }
@@ -162,16 +177,18 @@ impl StoreSink for DimseSink {
         }
     }
 
-    fn store(&self, principal: &DeviceAssociation, _object: StoreRequest, mut data: Box<dyn Read + Send>) -> Result<(), StoreFailure> {
+    /// `store`, with the outcome it is counted under.
+    fn store_counted(&self, principal: &DeviceAssociation, _object: StoreRequest, mut data: Box<dyn Read + Send>) -> (&'static str, Result<(), StoreFailure>) {
         // A device or grant revoked while its association is open stores nothing more.
         let live = self.state.accounts.grant_is_live(&principal.caller.grant_id).and_then(|live| {
             Ok(live && self.state.accounts.active_device(principal.fingerprint.hex())?.is_some())
         });
         match live {
             Ok(true) => {}
-            Ok(false) => return Err(StoreFailure::NotAuthorized),
-            Err(_) => return Err(StoreFailure::OutOfResources),
+            Ok(false) => return ("not-authorized", Err(StoreFailure::NotAuthorized)),
+            Err(_) => return ("storage-failure", Err(StoreFailure::OutOfResources)),
         }
+        let mut outcome = "stored";
         let (mut event, failure) = match self.state.pipeline.ingest(&mut data) {
             Ok(done) => {
                 let mut e = principal.caller.event("ingest", "allow");
@@ -187,6 +204,7 @@ impl StoreSink for DimseSink {
                     IngestError::BadObject(_) => (StoreFailure::CannotUnderstand, "bad-object"),
                     IngestError::Storage(_) => (StoreFailure::OutOfResources, "storage-failure"),
                 };
+                outcome = kind;
                 // The message names what was wrong, never a value from the object.
                 tracing::warn!(error = %err, "DIMSE C-STORE refused");
                 let mut e = principal.caller.event("ingest", "error");
@@ -200,8 +218,8 @@ impl StoreSink for DimseSink {
         // The peer hears "success" only once the audit entry is durable too.
         if let Err(e) = self.state.audit.record(&event) {
             tracing::error!(error = %e, "DIMSE C-STORE: the audit log cannot record the ingest");
-            return Err(StoreFailure::OutOfResources);
+            return ("storage-failure", Err(StoreFailure::OutOfResources));
         }
-        failure.map_or(Ok(()), Err)
+        (outcome, failure.map_or(Ok(()), Err))
     }
 }

@@ -24,6 +24,7 @@ mod error;
 mod extract;
 mod ingest;
 mod memory;
+mod metrics;
 mod operator_audit;
 mod pki;
 mod ratelimit;

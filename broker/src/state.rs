@@ -31,6 +31,8 @@ pub(crate) struct Inner {
     /// Tokens whose HMAC chain has verified under this broker's grants: a session token
     /// pays for its chain once; every caveat is still checked on every request.
     pub verified: cleave_tokens::VerifiedTokens,
+    /// Counters for the hospital's monitoring (`/api/v1/metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {
@@ -44,7 +46,8 @@ impl AppState {
     ) -> Self {
         let limiter = LoginLimiter::new(config.login.clone());
         let verified = cleave_tokens::VerifiedTokens::new(VERIFIED_TOKENS);
-        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail, stores, pipeline, verified }) }
+        let metrics = crate::metrics::Metrics::new(config.audit_syslog.is_some());
+        AppState { inner: Arc::new(Inner { config, accounts, limiter, audit, trail, stores, pipeline, verified, metrics }) }
     }
 }
 

@@ -22,7 +22,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,8 @@ pub struct SyslogForwarder {
     /// Cleared on drop, so the sending thread stops (saving its cursor).
     open: Arc<AtomicBool>,
     thread: std::thread::Thread,
+    /// The sending thread's cursor, for the backlog metric.
+    next: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SyslogForwarder {
@@ -132,10 +134,12 @@ impl SyslogForwarder {
             .map_err(|_| Error::Config("[audit_syslog] server_name is not a DNS name or IP address".into()))?;
         let next = read_cursor(&cursor, log.size())?;
         let open = Arc::new(AtomicBool::new(true));
+        let shared_next = Arc::new(AtomicU64::new(next));
         let sender = Sender {
             log,
             cursor,
             next,
+            shared_next: shared_next.clone(),
             saved: next,
             address: cfg.address.clone(),
             tls,
@@ -148,7 +152,12 @@ impl SyslogForwarder {
             .name("cleave-audit-syslog".into())
             .spawn(move || sender.run())
             .map_err(|e| Error::Config(format!("cannot start the syslog thread ({e})")))?;
-        Ok(SyslogForwarder { open, thread: handle.thread().clone() })
+        Ok(SyslogForwarder { open, thread: handle.thread().clone(), next: shared_next })
+    }
+
+    /// The next leaf to send.
+    pub fn next(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
     }
 
     /// Tells the sending thread the log has grown; never blocks.
@@ -244,6 +253,8 @@ struct Sender {
     cursor: PathBuf,
     /// The next entry to send.
     next: u64,
+    /// `next`, for the backlog metric.
+    shared_next: Arc<AtomicU64>,
     /// The value last made durable in `cursor`.
     saved: u64,
     address: String,
@@ -296,6 +307,7 @@ impl Sender {
             match sent {
                 Ok(()) => {
                     self.next += frames.len() as u64;
+                    self.shared_next.store(self.next, Ordering::Relaxed);
                     if last_save.elapsed() >= CURSOR_EVERY {
                         self.save_cursor();
                         last_save = Instant::now();

@@ -103,3 +103,15 @@ pub async fn revoke_device(
     record(&state, "device-revoke", &caller)?;
     Ok(Json(serde_json::json!({ "revoked": true })))
 }
+
+/// `GET /api/v1/metrics`: the broker's operational metrics (OpenMetrics text, for
+/// Prometheus), to the IT administrator. No PHI: see `metrics.rs`.
+pub async fn metrics(State(state): State<AppState>, Extension(conn): Extension<ConnInfo>, headers: HeaderMap) -> Result<axum::response::Response, Error> {
+    admin(&state, &conn, &headers, Op::Admin, "/api/v1/metrics")?;
+    let text = state
+        .metrics
+        .encode(state.trail.log().size(), state.trail.syslog_next())
+        .map_err(|_| Error::Store("the metrics could not be encoded".into()))?;
+    use axum::response::IntoResponse;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}

@@ -26,6 +26,19 @@ mod wado;
 /// that every path in it is routed.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
+/// Counts a routed request by its route template, method and status (`metrics.rs`).
+async fn count_http(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let method = crate::metrics::method_label(req.method());
+    let resp = next.run(req).await;
+    s.metrics.http.get_or_create(&crate::metrics::HttpLabels { route, method, status: resp.status().as_u16() }).inc();
+    resp
+}
+
 /// Build the router for one broker.
 pub(crate) fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
@@ -87,6 +100,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}", get(wado::bulkdata))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered", get(wado::rendered_instance))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", get(wado::rendered_frame))
+        .route("/api/v1/metrics", get(admin::metrics))
+        // After routing, so the route template is known; unrouted requests are not counted.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), count_http))
         .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))

@@ -133,6 +133,7 @@ pub async fn stow(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, 
         }
         match result {
             Ok(done) => {
+                s.metrics.ingested("stow", "stored");
                 let mut e = caller.event("ingest", "allow");
                 e.patients = vec![done.pseudonym.clone()];
                 e.study = Some(done.study_uid.clone());
@@ -153,6 +154,7 @@ pub async fn stow(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, 
                     IngestError::BadObject(_) => (CANNOT_UNDERSTAND, "bad-object"),
                     IngestError::Storage(_) => (OUT_OF_RESOURCES, "storage-failure"),
                 };
+                s.metrics.ingested("stow", kind);
                 // The message names what was wrong, never a value from the object.
                 tracing::warn!(error = %err, "STOW-RS part refused");
                 let mut e = caller.event("ingest", "error");
