@@ -249,6 +249,7 @@ fn serve(data: &Path) -> (std::process::Child, std::net::SocketAddr) {
         seen.push('\n');
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("serve did not announce its listener: {seen}");
 }
 

@@ -63,7 +63,7 @@ pub fn export(c: &Client, sel: &ExportSelection, dir: &Path, progress: &mut dyn 
     let stage = dir.join(format!(".cleave-export-{}", cleave_keys::random_id128()));
     cleave_keys::durable::create_private_dir(&stage).map_err(|e| Error::io("creating", &stage, e))?;
     let result = download(c, sel, &stage, progress);
-    let outcome = result.and_then(|(staged, withheld, dates_shifted)| {
+    let outcome = result.and_then(|Downloaded { staged, withheld, dates_shifted }| {
         let mut files = Vec::new();
         let mut bytes = 0;
         for (i, (path, len)) in staged.iter().enumerate() {
@@ -80,9 +80,16 @@ pub fn export(c: &Client, sel: &ExportSelection, dir: &Path, progress: &mut dyn 
     outcome
 }
 
-/// Stream the export into `stage`; the staged files (path, size), the withheld count and
-/// whether the dates were shifted.
-fn download(c: &Client, sel: &ExportSelection, stage: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<(Vec<(PathBuf, u64)>, u64, bool)> {
+/// What [`download`] staged.
+struct Downloaded {
+    /// Each part's file and size, in order.
+    staged: Vec<(PathBuf, u64)>,
+    withheld: u64,
+    dates_shifted: bool,
+}
+
+/// Stream the export into `stage`.
+fn download(c: &Client, sel: &ExportSelection, stage: &Path, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<Downloaded> {
     // Both callbacks reach the parser: the head makes it, the data feed it.
     let parser: std::cell::RefCell<Option<Parser>> = std::cell::RefCell::new(None);
     let total = std::cell::Cell::new(None);
@@ -127,7 +134,7 @@ fn download(c: &Client, sel: &ExportSelection, stage: &Path, progress: &mut dyn 
     if p.state != State::Done {
         return Err(Error::Protocol("the export ended before its closing delimiter; nothing was kept, run it again".into()));
     }
-    Ok((p.finished, withheld.get(), shifted.get()))
+    Ok(Downloaded { staged: p.finished, withheld: withheld.get(), dates_shifted: shifted.get() })
 }
 
 #[derive(Debug, PartialEq, Eq)]
