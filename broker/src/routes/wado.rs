@@ -28,10 +28,12 @@
 //!
 //! Representations: instances as `multipart/related; type="application/dicom"` in their
 //! stored transfer syntax (no transcoding: an Accept naming another syntax gets 406);
-//! metadata as `application/dicom+json` with the pixel data omitted (fetch frames);
-//! frames as `multipart/related; type="application/octet-stream"` for native little
-//! endian pixel data, or the compressed bitstream's media type (`image/jpeg`, `image/jls`,
-//! `image/jp2`, `image/jpx`, `image/dicom-rle`) for encapsulated pixel data.
+//! metadata as `application/dicom+json` with the pixel data as a BulkDataURI, which
+//! `.../bulkdata/7FE00010` serves (every frame); frames as `multipart/related;
+//! type="application/octet-stream"` for native little endian pixel data, or the compressed
+//! bitstream's media type (`image/jpeg`, `image/jls`, `image/jp2`, `image/jpx`,
+//! `image/dicom-rle`) for encapsulated pixel data; one frame rendered as `image/jpeg`
+//! (`rendered.rs`).
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
