@@ -348,31 +348,17 @@ impl ClinicalStore {
                     (SELECT COUNT(*) FROM instances i JOIN series se ON se.id = i.series_id WHERE se.study_id = st.id)
              FROM studies st JOIN patients p ON p.id = st.patient_id",
         );
-        if let Some(p) = &q.pseudonym {
-            validate::pseudonym(p)?;
-            search.and("p.pseudonym = ?", p);
-        }
-        if let Some(u) = &q.study_uid {
-            validate::uid("study UID", u)?;
-            search.and("st.study_uid = ?", u);
-        }
-        if let Some(d) = &q.date_from {
-            validate::dicom_date("date_from", d)?;
-            search.and("st.study_date >= ?", d);
-        }
-        if let Some(d) = &q.date_to {
-            validate::dicom_date("date_to", d)?;
-            search.and("st.study_date <= ?", d);
-        }
-        if let Some(m) = &q.modality {
-            validate::code_string("modality", m)?;
-            search.and("EXISTS (SELECT 1 FROM series se WHERE se.study_id = st.id AND se.modality = ?)", m);
-        }
-        if let Some(b) = &q.body_part {
-            validate::code_string("body part", b)?;
-            search.and("st.body_part = ?", b);
-        }
-        search.order("st.study_date DESC, st.study_uid", Some(q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)), q.offset);
+        search.filter("p.pseudonym = ?", q.pseudonym.as_deref(), validate::pseudonym)?;
+        search.filter("st.study_uid = ?", q.study_uid.as_deref(), |v| validate::uid("study UID", v))?;
+        search.filter("st.study_date >= ?", q.date_from.as_deref(), |v| validate::dicom_date("date_from", v))?;
+        search.filter("st.study_date <= ?", q.date_to.as_deref(), |v| validate::dicom_date("date_to", v))?;
+        search.filter(
+            "EXISTS (SELECT 1 FROM series se WHERE se.study_id = st.id AND se.modality = ?)",
+            q.modality.as_deref(),
+            |v| validate::code_string("modality", v),
+        )?;
+        search.filter("st.body_part = ?", q.body_part.as_deref(), |v| validate::code_string("body part", v))?;
+        search.page("st.study_date DESC, st.study_uid", q.limit, q.offset);
         let mut st = self.conn.prepare_cached(&search.sql).map_err(Error::db("searching studies"))?;
         let rows = st
             .query_map(rusqlite::params_from_iter(search.args.iter()), |r| {
@@ -406,32 +392,19 @@ impl ClinicalStore {
     /// pseudonym: newest study first, then by series number.
     pub fn find_series(&self, q: &SeriesQuery) -> Result<Vec<(String, SeriesRecord)>, Error> {
         let mut search = Search::new(SERIES_SELECT);
-        if let Some(p) = &q.pseudonym {
-            validate::pseudonym(p)?;
-            search.and("p.pseudonym = ?", p);
-        }
-        if let Some(u) = &q.study_uid {
-            validate::uid("study UID", u)?;
-            search.and("st.study_uid = ?", u);
-        }
-        if let Some(u) = &q.series_uid {
-            validate::uid("series UID", u)?;
-            search.and("se.series_uid = ?", u);
-        }
-        if let Some(m) = &q.modality {
-            validate::code_string("modality", m)?;
-            search.and("se.modality = ?", m);
-        }
-        search.order(SERIES_ORDER, Some(q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)), q.offset);
+        search.filter("p.pseudonym = ?", q.pseudonym.as_deref(), validate::pseudonym)?;
+        search.filter("st.study_uid = ?", q.study_uid.as_deref(), |v| validate::uid("study UID", v))?;
+        search.filter("se.series_uid = ?", q.series_uid.as_deref(), |v| validate::uid("series UID", v))?;
+        search.filter("se.modality = ?", q.modality.as_deref(), |v| validate::code_string("modality", v))?;
+        search.page(SERIES_ORDER, q.limit, q.offset);
         self.series_rows(&search, "searching series")
     }
 
     /// The series of a study, by series number.
     pub fn list_series(&self, study_uid: &str) -> Result<Vec<SeriesRecord>, Error> {
-        validate::uid("study UID", study_uid)?;
         let mut search = Search::new(SERIES_SELECT);
-        search.and("st.study_uid = ?", study_uid);
-        search.order(SERIES_ORDER, None, 0);
+        search.filter("st.study_uid = ?", Some(study_uid), |v| validate::uid("study UID", v))?;
+        search.order(SERIES_ORDER);
         Ok(self.series_rows(&search, "listing series")?.into_iter().map(|(_, se)| se).collect())
     }
 
@@ -466,10 +439,9 @@ impl ClinicalStore {
 
     /// The instances of a series, by instance number.
     pub fn list_instances(&self, series_uid: &str) -> Result<Vec<InstanceRecord>, Error> {
-        validate::uid("series UID", series_uid)?;
         let mut search = Search::new(INSTANCE_SELECT);
-        search.and("se.series_uid = ?", series_uid);
-        search.order(INSTANCE_ORDER, None, 0);
+        search.filter("se.series_uid = ?", Some(series_uid), |v| validate::uid("series UID", v))?;
+        search.order(INSTANCE_ORDER);
         Ok(self.instance_rows(&search, "listing instances")?.into_iter().map(|(_, i)| i).collect())
     }
 
@@ -477,26 +449,13 @@ impl ClinicalStore {
     /// its patient's pseudonym: newest study first, then by series and instance number.
     pub fn find_instances(&self, q: &InstanceQuery) -> Result<Vec<(String, InstanceRecord)>, Error> {
         let mut search = Search::new(INSTANCE_SELECT);
-        if let Some(p) = &q.pseudonym {
-            validate::pseudonym(p)?;
-            search.and("p.pseudonym = ?", p);
-        }
-        for (value, what, column) in [
-            (&q.study_uid, "study UID", "st.study_uid = ?"),
-            (&q.series_uid, "series UID", "se.series_uid = ?"),
-            (&q.sop_instance_uid, "SOP instance UID", "i.sop_instance_uid = ?"),
-            (&q.sop_class_uid, "SOP class UID", "i.sop_class_uid = ?"),
-        ] {
-            if let Some(u) = value {
-                validate::uid(what, u)?;
-                search.and(column, u);
-            }
-        }
-        if let Some(m) = &q.modality {
-            validate::code_string("modality", m)?;
-            search.and("se.modality = ?", m);
-        }
-        search.order(INSTANCE_ORDER, Some(q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)), q.offset);
+        search.filter("p.pseudonym = ?", q.pseudonym.as_deref(), validate::pseudonym)?;
+        search.filter("st.study_uid = ?", q.study_uid.as_deref(), |v| validate::uid("study UID", v))?;
+        search.filter("se.series_uid = ?", q.series_uid.as_deref(), |v| validate::uid("series UID", v))?;
+        search.filter("i.sop_instance_uid = ?", q.sop_instance_uid.as_deref(), |v| validate::uid("SOP instance UID", v))?;
+        search.filter("i.sop_class_uid = ?", q.sop_class_uid.as_deref(), |v| validate::uid("SOP class UID", v))?;
+        search.filter("se.modality = ?", q.modality.as_deref(), |v| validate::code_string("modality", v))?;
+        search.page(INSTANCE_ORDER, q.limit, q.offset);
         self.instance_rows(&search, "searching instances")
     }
 
@@ -700,20 +659,27 @@ impl Search {
         Search { sql: format!("{select} WHERE 1=1"), args: Vec::new() }
     }
 
-    /// Adds `AND condition`, whose one `?` stands for `value`.
-    fn and(&mut self, condition: &str, value: &str) {
+    /// If the query gives `value`: checks it with `check`, then adds `AND condition`,
+    /// whose one `?` stands for it. Every key is validated before it reaches the SQL.
+    fn filter(&mut self, condition: &str, value: Option<&str>, check: impl FnOnce(&str) -> Result<(), Error>) -> Result<(), Error> {
+        let Some(value) = value else { return Ok(()) };
+        check(value)?;
         self.args.push(value.to_owned());
         self.sql.push_str(" AND ");
         self.sql.push_str(&condition.replacen('?', &format!("?{}", self.args.len()), 1));
+        Ok(())
     }
 
-    /// The order, and the page when the search has one (a listing returns everything).
-    fn order(&mut self, order: &str, limit: Option<u32>, offset: u32) {
+    /// The order, with no page: a listing returns everything.
+    fn order(&mut self, order: &str) {
         self.sql.push_str(" ORDER BY ");
         self.sql.push_str(order);
-        if let Some(limit) = limit {
-            self.sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
-        }
+    }
+
+    /// The order and one page: at most `limit` rows (and never more than `MAX_LIMIT`).
+    fn page(&mut self, order: &str, limit: Option<u32>, offset: u32) {
+        self.order(order);
+        self.sql.push_str(&format!(" LIMIT {} OFFSET {offset}", limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)));
     }
 }
 
