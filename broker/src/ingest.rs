@@ -22,8 +22,8 @@
 //! Nothing is spooled: no temporary copy of the object, encrypted or not, exists besides
 //! the blob being written, and each byte is parsed and encrypted once. Most of the blob is
 //! on its way to disk when the last byte arrives (the pending blob starts writeback as it
-//! goes), so what the sender waits for after it is the vault, two overlapped fsyncs and
-//! the index commit. Memory stays bounded by the split's header limit
+//! goes), so what the sender waits for after it is the vault, two overlapped fsyncs (the
+//! blob's, then its directory's, which then costs next to nothing) and the index commit. Memory stays bounded by the split's header limit
 //! plus a chunk or two, whatever the size of the pixel data.
 use std::io::Read;
 
@@ -146,8 +146,7 @@ impl Pipeline {
                     })
                     .and_then(|r| r)
             });
-            // While the vault decides, the blob's writeback starts and its directory entry
-            // becomes durable. A failed fsync fails the instance: after one, Linux may
+            // While the vault decides, the blob's writeback starts. A failed fsync fails the instance: after one, Linux may
             // report the next as clean with data lost. No name means the vault failed
             // first. Either way the pending blob is dropped (deleted).
             let finished = match pending.prepare_finish() {

@@ -30,7 +30,7 @@ fn child(dir: &std::path::Path) {
             let mut p = store.begin_instance(&marker).unwrap();
             p.write_all(marker.as_bytes()).unwrap();
             Payload::new(&uid, len).write_to(&mut p, 16_384).unwrap();
-            // The broker's way (directory entry made durable early), and `finish` alone.
+            // The broker's way (writeback started early), and `finish` alone.
             if i % 4 == 1 {
                 p.prepare_finish().unwrap();
             }

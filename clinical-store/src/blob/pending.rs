@@ -33,7 +33,7 @@ use cleave_keys::{durable, VersionedKey, WipedBuf};
 use memchr::memmem;
 use zeroize::Zeroizing;
 
-use super::{BlobId, ChunkCipher, Header, WrittenBlob, DEFAULT_CHUNK_SIZE, HEADER_LEN, TAG_LEN};
+use super::{BlobId, ChunkSealer, Header, WrittenBlob, DEFAULT_CHUNK_SIZE, HEADER_LEN, TAG_LEN};
 use crate::Error;
 
 /// Chunks that may be kept in memory because they hold the marker. An instance holds its
@@ -43,7 +43,7 @@ pub(crate) const MAX_KEPT_CHUNKS: usize = 256;
 /// Where a pending blob's bytes go while it is written, and the chunk logic above.
 pub(super) struct MarkedEncoder {
     out: BlobFile,
-    cipher: ChunkCipher,
+    cipher: ChunkSealer,
     marker: Zeroizing<Vec<u8>>,
     finder: memmem::Finder<'static>,
     chunk_size: usize,
@@ -236,8 +236,6 @@ pub struct PendingBlob {
     pub(super) enc: Option<MarkedEncoder>,
     /// The blob's own name: written in place (see `create_with`). Emptied once finished.
     dest: PathBuf,
-    /// The directory entry for `dest` is durable ([`PendingBlob::prepare_finish`]).
-    entry_durable: bool,
     pub(crate) id: BlobId,
 }
 
@@ -265,7 +263,7 @@ impl PendingBlob {
         // a file left by a crash is removed by the sweep when the store next opens.
         let mut file = durable::create_new_with_mode(&dest, 0o600).map_err(|e| Error::io("creating", &dest, e))?;
         // From here on the Drop impl removes the file on any failure.
-        let mut w = PendingBlob { enc: None, dest, id, entry_durable: false };
+        let mut w = PendingBlob { enc: None, dest, id };
         let blob_nonce = blob_nonce.unwrap_or_else(|| {
             let mut n = [0u8; 32];
             cleave_keys::random_bytes(&mut n);
@@ -278,7 +276,7 @@ impl PendingBlob {
         let c = chunk_size as usize;
         w.enc = Some(MarkedEncoder {
             out: BlobFile { file, written: HEADER_LEN as u64, advised: 0 },
-            cipher: ChunkCipher::new(&key.key, &header, id),
+            cipher: ChunkSealer::new(&key.key, &header, id),
             finder,
             buf: WipedBuf::with_capacity(c + marker.len()),
             marker,
@@ -292,20 +290,20 @@ impl PendingBlob {
         Ok(w)
     }
 
-    /// Does the disk work that does not need the pseudonym, before it is known: starts the
-    /// writeback of everything sealed so far (without waiting for it) and makes the file's
-    /// directory entry durable. Optional: [`PendingBlob::finish`] makes everything durable
-    /// anyway. Called while the vault is still deciding, it leaves `finish` one fsync of
-    /// the file, most of whose data is already on its way.
+    /// Starts the writeback of everything sealed so far, without waiting for it, while
+    /// the pseudonym is still unknown. Optional: [`PendingBlob::finish`] makes everything
+    /// durable anyway. Called while the vault is still deciding, it leaves `finish` one
+    /// fsync of the file, most of whose data is already on its way.
     ///
     /// Why not fsync the data here too: waiting for it, then for `finish`'s fsync of the
-    /// held chunks, put two disk round trips on the sender's path instead of one.
+    /// held chunks, put two disk round trips on the sender's path instead of one. Why not
+    /// the directory (as this did until session 6): its fsync had to commit the journal
+    /// transaction holding the new entry, a disk round trip of its own (median 154 µs
+    /// under storescu); after the file's fsync, which commits that same transaction on
+    /// ext4, it costs next to nothing (bench/README.md, "C-STORE").
     pub fn prepare_finish(&mut self) -> Result<(), Error> {
         let enc = self.enc.as_mut().ok_or(Error::WriterPoisoned)?;
         enc.out.start_writeback();
-        let dir = self.dest.parent().unwrap_or(Path::new("."));
-        durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
-        self.entry_durable = true;
         Ok(())
     }
 
@@ -322,14 +320,12 @@ impl PendingBlob {
         if replaced == 0 {
             return Err(Error::InvalidInput { field: "instance", rule: "the pseudonym marker was never written, so the object does not name its patient" });
         }
-        // The file, then its directory entry unless `prepare_finish` already made it durable
-        // (the name never changes after creation).
+        // The file, then its directory entry (the name never changes after creation). In
+        // this order the second is nearly free: see `prepare_finish`.
         file.sync_all().map_err(|e| Error::io("syncing", &self.dest, e))?;
         drop(file);
-        if !self.entry_durable {
-            let dir = self.dest.parent().unwrap_or(Path::new("."));
-            durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
-        }
+        let dir = self.dest.parent().unwrap_or(Path::new("."));
+        durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
         Ok(FinishedBlob { id: self.id, dest: std::mem::take(&mut self.dest), written: WrittenBlob { plaintext_len }, pseudonym: pseudonym.to_owned() })
     }
 }
