@@ -11,9 +11,11 @@
 //! * [`BlindIndexer`] turns a normalised search term into a BLAKE3 keyed hash, so a store
 //!   can be searched without being decrypted.
 //! * [`durable`] writes files so that an acknowledged write survives a crash.
+//! * [`WipedBox`] holds a foreign type's key (ring's) and zeroes its memory on drop.
 //!
 //! The formats are specified in `keys/FORMAT.md`.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: `wiped_box` alone allows unsafe code, for the reason it gives.
+#![deny(unsafe_code)]
 
 mod blind;
 pub mod durable;
@@ -23,6 +25,7 @@ pub mod ondemand;
 mod master;
 mod seal;
 mod secret;
+mod wiped_box;
 
 pub use blind::BlindIndexer;
 pub use error::Error;
@@ -31,6 +34,7 @@ pub use keyring::{KeyPurpose, Keyring, VersionedKey};
 pub use master::{KeySource, MasterKey, PassphraseParams};
 pub use seal::{FieldSealer, SealContext, SEALED_FIELD_FORMAT};
 pub use secret::{wipe, Key32, SecretBytes, WipedBuf};
+pub use wiped_box::WipedBox;
 
 /// Fill `buf` with bytes from the operating system's CSPRNG.
 pub fn random_bytes(buf: &mut [u8]) {
