@@ -189,8 +189,10 @@ impl DimseSink {
             Err(_) => return ("storage-failure", Err(StoreFailure::OutOfResources)),
         }
         let mut outcome = "stored";
+        let mut timings = None;
         let (mut event, failure) = match self.state.pipeline.ingest(&mut data) {
             Ok(done) => {
+                timings = Some(done.timings);
                 let mut e = principal.caller.event("ingest", "allow");
                 e.patients = vec![done.pseudonym.clone()];
                 e.study = Some(done.study_uid.clone());
@@ -216,9 +218,13 @@ impl DimseSink {
         event.cert_sha256 = Some(principal.fingerprint.hex().to_owned());
         event.route = Some(ROUTE.to_owned());
         // The peer hears "success" only once the audit entry is durable too.
+        let began = std::time::Instant::now();
         if let Err(e) = self.state.audit.record(&event) {
             tracing::error!(error = %e, "DIMSE C-STORE: the audit log cannot record the ingest");
             return ("storage-failure", Err(StoreFailure::OutOfResources));
+        }
+        if let Some(t) = timings {
+            self.state.metrics.ingest_phases("dimse", &t, began.elapsed());
         }
         (outcome, failure.map_or(Ok(()), Err))
     }

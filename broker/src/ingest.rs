@@ -45,6 +45,23 @@ pub(crate) struct Ingested {
     pub already_stored: bool,
     /// The vault flagged the arrival for review (typo, id collision, possible duplicate).
     pub flagged: Option<&'static str>,
+    /// How long each step took, for the IT team's metrics.
+    pub timings: Timings,
+}
+
+/// Wall-clock time of each step of one successful ingest. The caller adds the audit entry's
+/// time and hands all of them to [`crate::metrics::Metrics::ingest_phases`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timings {
+    /// Reading, de-identifying and sealing the object as it arrives: includes the time the
+    /// sender takes to send it.
+    pub receive: std::time::Duration,
+    /// The vault's match, pseudonym and study link, up to its durable commit.
+    pub vault: std::time::Duration,
+    /// Putting the pseudonym into the blob and making the blob durable (fsync).
+    pub blob_sync: std::time::Duration,
+    /// The clinical index's durable commit.
+    pub index: std::time::Duration,
 }
 
 /// Why an instance was not stored.
@@ -77,6 +94,7 @@ pub(crate) struct Pipeline {
 impl Pipeline {
     /// Ingest one instance read from `input`. Blocking: call from a blocking task.
     pub(crate) fn ingest(&self, input: &mut dyn Read) -> Result<Ingested, IngestError> {
+        let started = std::time::Instant::now();
         let opts = Options::care();
         let uid_key = self
             .keyring
@@ -108,6 +126,7 @@ impl Pipeline {
         };
         let summary = checked.summary;
         let identity = checked.identity;
+        let receive = started.elapsed();
 
         // Pass 2: the vault decides who this is.
         let demographics = demographics_of(&identity);
@@ -124,7 +143,8 @@ impl Pipeline {
         let vault = self.vault.clone();
         let (decided, finished) = std::thread::scope(|s| {
             let job = s.spawn(move || {
-                vault
+                let began = std::time::Instant::now();
+                let decided = vault
                     .with(move |v| {
                         let m = v.match_or_create(&demographics)?;
                         let id = m.identity();
@@ -144,21 +164,25 @@ impl Pipeline {
                         )?;
                         Ok::<_, identity_vault::Error>((p.as_str().to_owned(), flag_of(&m)))
                     })
-                    .and_then(|r| r)
+                    .and_then(|r| r);
+                decided.map(|d| (d, began.elapsed()))
             });
             // While the vault decides, the blob's writeback starts. A failed fsync fails the instance: after one, Linux may
             // report the next as clean with data lost. No name means the vault failed
             // first. Either way the pending blob is dropped (deleted).
             let finished = match pending.prepare_finish() {
                 Err(e) => Some(Err(e)),
-                Ok(()) => named_rx.recv().ok().map(|p| pending.finish(&p)),
+                Ok(()) => named_rx.recv().ok().map(|p| {
+                    let began = std::time::Instant::now();
+                    pending.finish(&p).map(|f| (f, began.elapsed()))
+                }),
             };
             (job.join(), finished)
         });
-        let (pseudonym, flagged) = decided
+        let ((pseudonym, flagged), vault_time) = decided
             .map_err(|_| IngestError::Storage("identity vault: the matching thread failed".into()))?
             .map_err(|e| IngestError::Storage(format!("identity vault: {e}")))?;
-        let finished = finished
+        let (finished, blob_sync) = finished
             .ok_or_else(|| IngestError::Storage("identity vault: no pseudonym was issued".into()))?
             .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?;
 
@@ -182,11 +206,13 @@ impl Pipeline {
             frames: summary.number_of_frames,
             not_for_research: summary.not_for_research,
         };
+        let began = std::time::Instant::now();
         let put = self
             .clinical
             .with(move |st| st.commit_instance(finished, meta))
             .and_then(|r| r)
             .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?;
+        let index = began.elapsed();
         Ok(Ingested {
             sop_class_uid: summary.sop_class_uid,
             sop_instance_uid: summary.sop_instance_uid,
@@ -195,6 +221,7 @@ impl Pipeline {
             pseudonym,
             already_stored: matches!(put, PutOutcome::AlreadyStored),
             flagged,
+            timings: Timings { receive, vault: vault_time, blob_sync, index },
         })
     }
 }

@@ -82,6 +82,17 @@ async fn metrics_count_real_traffic_parse_as_prometheus_and_hold_no_phi() {
     assert_eq!(value(&samples, "cleave_http_requests_total", &[("route", "/api/v1/metrics"), ("status", "403")]), 1.0, "{}", r.body);
     assert!(value(&samples, "cleave_audit_entries", &[]) >= 5.0, "{}", r.body);
     assert!(samples.iter().all(|s| s["name"] != "cleave_audit_syslog_backlog"), "no backlog without forwarding");
+    // Each step of each stored instance is timed once, and took some time.
+    for via in ["stow", "dimse"] {
+        for phase in ["receive", "vault", "blob_sync", "index", "audit"] {
+            let labels = [("via", via), ("phase", phase)];
+            assert_eq!(value(&samples, "cleave_ingest_phase_seconds_count", &labels), 1.0, "{via} {phase}: {}", r.body);
+            let sum = value(&samples, "cleave_ingest_phase_seconds_sum", &labels);
+            assert!(sum > 0.0 && sum < 60.0, "{via} {phase}: {sum} s");
+            let all = [("via", via), ("phase", phase), ("le", "+Inf")];
+            assert_eq!(value(&samples, "cleave_ingest_phase_seconds_bucket", &all), 1.0, "{via} {phase}: {}", r.body);
+        }
+    }
 
     // No PHI, UID or pseudonym in any label: CT_small's patient, its UIDs, ours.
     for needle in ["CompressedSamples", "1CT1", "1.3.6.1.4.1.5962", "2.25.", "P1-"] {

@@ -137,7 +137,9 @@ pub async fn stow(State(s): State<AppState>, Extension(c): Extension<ConnInfo>, 
                 let mut e = caller.event("ingest", "allow");
                 e.patients = vec![done.pseudonym.clone()];
                 e.study = Some(done.study_uid.clone());
+                let began = std::time::Instant::now();
                 s.audit.record(&e)?;
+                s.metrics.ingest_phases("stow", &done.timings, began.elapsed());
                 // PS3.18: each referenced instance's RetrieveURL is the instance's own URL.
                 let url = format!("/dicomweb/studies/{}/series/{}/instances/{}", done.study_uid, done.series_uid, done.sop_instance_uid);
                 stored.push(json!({
