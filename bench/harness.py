@@ -391,12 +391,7 @@ class Cleave(Server):
         self.cli("enroll", "person", "benchdoc", "--out", certs)
         self.doc = (os.path.join(certs, "benchdoc.pem"), os.path.join(certs, "benchdoc.key"))
         self._serve()
-        creds = {}
-        with open(os.path.join(certs, "benchdoc-credentials.txt")) as f:
-            for line in f:
-                if "=" in line:
-                    k, v = line.split("=", 1)
-                    creds[k.strip()] = v.strip()
+        creds = read_credentials(os.path.join(certs, "benchdoc-credentials.txt"))
         s = _session()
         s.cert, s.verify = self.dev, self.ca
         wait_http(self.base + "/api/v1/openapi.json", s)
@@ -414,6 +409,43 @@ class Cleave(Server):
             raise RuntimeError(f"doctor login refused ({r.status_code} {r.text[:200]})")
         self.doc_token = r.json()["token"]
         self.dicomweb = self.base + "/dicomweb"
+        # The bootstrap IT administrator, to read the metrics (each step's time per instance).
+        boot = os.path.join(self.data, "bootstrap")
+        self.admin = (os.path.join(boot, "admin.pem"), os.path.join(boot, "admin.key"))
+        self.admin_token = None
+        try:
+            acreds = read_credentials(os.path.join(boot, "admin-credentials.txt"))
+            s3 = _session()
+            s3.cert, s3.verify = self.admin, self.ca
+            r = s3.post(self.base + "/api/v1/login", json={
+                "username": acreds.get("username", ""), "password": acreds.get("password", ""),
+                "totp": totp(acreds.get("totp_secret_base32", "")),
+            }, timeout=30)
+            if r.status_code == 200:
+                self.admin_token = r.json()["token"]
+        except (OSError, requests.RequestException, ValueError):
+            pass
+
+    def phase_means_ms(self, via):
+        """Mean ms of each ingest step (the broker's cleave_ingest_phase_seconds histogram)."""
+        if not self.admin_token:
+            return {"reason": "no IT administrator token"}
+        s = _session()
+        s.cert, s.verify = self.admin, self.ca
+        try:
+            r = s.get(self.base + "/api/v1/metrics", headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
+        except requests.RequestException as e:
+            return {"reason": f"metrics: {e}"}
+        if r.status_code != 200:
+            return {"reason": f"metrics: HTTP {r.status_code}"}
+        sums, counts = {}, {}
+        for line in r.text.splitlines():
+            for suffix, into in (("_sum", sums), ("_count", counts)):
+                head = "cleave_ingest_phase_seconds" + suffix + "{"
+                if line.startswith(head) and f'via="{via}"' in line:
+                    phase = line.split('phase="', 1)[1].split('"', 1)[0]
+                    into[phase] = float(line.rsplit(" ", 1)[1])
+        return {p: round(1000 * sums[p] / counts[p], 3) for p in sums if counts.get(p)}
 
     def _serve(self):
         self.proc = subprocess.Popen(
@@ -455,6 +487,17 @@ class Cleave(Server):
         r = session.post(self.dicomweb + "/studies", data=stow_body(data, b), timeout=60,
                          headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={b}'})
         return True if r.status_code == 200 else http_reason(r)
+
+
+def read_credentials(path):
+    """`key = value` lines of a credentials file the broker wrote."""
+    creds = {}
+    with open(path) as f:
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                creds[k.strip()] = v.strip()
+    return creds
 
 
 def totp(b32):
@@ -922,6 +965,7 @@ def cstore_section(server, r, args, sets, pki, work, skip_cstore=False):
     else:
         cpki = {"ca": server.ca, "client_cert": server.dev[0], "client_key": server.dev[1]}
         r["cstore"] = run_storescu(server.dicom, sets["ct"], True, cpki, "CLEAVE", server.proc.pid)
+        r["cstore"]["phases_ms"] = server.phase_means_ms("dimse")
     log(f"  {r['cstore']}")
     server.note_peak()
 
