@@ -26,6 +26,7 @@ pub(crate) mod domain {
     pub const PSEUDONYM: &str = "pseudonym";
     pub const ACCESSION: &str = "accession_number";
     pub const STUDY_UID: &str = "original_study_uid";
+    pub const MEMBER_UID: &str = "original_member_uid";
     pub const KEY_CHECK: &str = "key_check";
 }
 

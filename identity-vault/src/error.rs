@@ -35,7 +35,7 @@ pub enum Error {
     #[error("the keys given do not open this identity vault: use the keyring it was created with")]
     WrongKeys,
     /// The file is not a vault, or one of a format version this build does not know.
-    #[error("{0} is not an identity vault of a format this build knows (expected cleave-vault/1); it fails closed: upgrade Cleave or restore the right file")]
+    #[error("{0} is not an identity vault of a format this build knows (expected cleave-vault/2, or cleave-vault/1, which it upgrades); it fails closed: upgrade Cleave or restore the right file")]
     UnknownFormat(PathBuf),
     /// A sealed value failed authentication: it was altered on disk or moved from another
     /// row or column. The value is never returned.

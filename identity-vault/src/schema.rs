@@ -1,5 +1,5 @@
-//! The SQLite schema (format `cleave-vault/1`, FORMAT.md "Schema") and the connection
-//! settings every open applies.
+//! The SQLite schema (format `cleave-vault/2`, FORMAT.md "Schema"), the upgrade from
+//! `cleave-vault/1`, and the connection settings every open applies.
 //!
 //! Every table is `WITHOUT ROWID` and keyed by a random 128-bit id. An ordinary SQLite
 //! table stores rows in the order of an implicit, incrementing `rowid`, so the physical
@@ -10,8 +10,15 @@ use rusqlite::Connection;
 
 use crate::{Error, Result};
 
-/// The format name stored in `meta`; anything else fails closed.
-pub(crate) const FORMAT: &str = "cleave-vault/1";
+/// The format name stored in `meta`; anything else but [`PREVIOUS_FORMAT`] fails closed.
+pub(crate) const FORMAT: &str = "cleave-vault/2";
+
+/// The one older format this build opens, upgrading it in place first ([`UPGRADE_FROM_1`]).
+pub(crate) const PREVIOUS_FORMAT: &str = "cleave-vault/1";
+
+/// What `meta.data_check` seals and `meta.blind_check` hashes. Fixed at the first format's
+/// name, so that an upgraded vault keeps the checks it was created with.
+pub(crate) const KEY_CHECK_TEXT: &str = "cleave-vault/1";
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE meta (
@@ -57,6 +64,10 @@ CREATE TABLE study (
 CREATE INDEX study_identity ON study(identity);
 CREATE INDEX study_accession ON study(accession_term) WHERE accession_term IS NOT NULL;
 
+-- Series and instance UIDs of a study, one row each (added by cleave-vault/2; see
+-- STUDY_MEMBER). The list columns above hold what cleave-vault/1 wrote, and new studies
+-- get empty lists there.
+
 CREATE TABLE review (
     id   BLOB PRIMARY KEY,
     open INTEGER NOT NULL,
@@ -71,6 +82,30 @@ CREATE INDEX review_open ON review(open) WHERE open = 1;
 /// (there is no plaintext in SQL anyway, but blind terms need not leak either), and
 /// `secure_delete` overwrites freed pages so an updated record's old ciphertext and
 /// index terms do not linger in free pages.
+/// The member table: created with the schema, and by the upgrade from `cleave-vault/1`.
+pub(crate) const STUDY_MEMBER: &str = "
+CREATE TABLE study_member (
+    study BLOB NOT NULL,      -- study.id
+    kind  INTEGER NOT NULL,   -- 1 series, 2 instance
+    term  BLOB NOT NULL,      -- term(original_member_uid, UID): the same UID is added once
+    uid   BLOB NOT NULL,      -- sealed(study_member, series_uid | instance_uid, <study id hex>/<term hex>)
+    PRIMARY KEY (study, kind, term)
+) WITHOUT ROWID;
+";
+
+/// `cleave-vault/1` to `/2`, in the transaction the caller commits: the member table, and
+/// the new format name. Nothing is moved: the old lists stay readable where they are.
+pub(crate) fn upgrade_from_1(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch(STUDY_MEMBER).map_err(Error::db("upgrading the vault"))?;
+    let n = tx
+        .execute("UPDATE meta SET value = ?1 WHERE name = 'format' AND value = ?2", [FORMAT.as_bytes(), PREVIOUS_FORMAT.as_bytes()])
+        .map_err(Error::db("upgrading the vault"))?;
+    if n != 1 {
+        return Err(Error::Database { action: "upgrading the vault", source: rusqlite::Error::StatementChangedRows(n) });
+    }
+    Ok(())
+}
+
 pub(crate) fn configure(conn: &Connection) -> Result<()> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))

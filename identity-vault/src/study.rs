@@ -18,6 +18,77 @@ use crate::vault::canonical;
 use crate::{normalise, Error, Result, Vault};
 
 const T_STUDY: &str = "study";
+const T_MEMBER: &str = "study_member";
+
+/// `study_member.kind`.
+#[derive(Clone, Copy)]
+enum Member {
+    Series = 1,
+    Instance = 2,
+}
+
+impl Member {
+    fn column(self) -> &'static str {
+        match self {
+            Member::Series => "series_uid",
+            Member::Instance => "instance_uid",
+        }
+    }
+}
+
+/// The sealing row of a member: its study's id and its term, so a sealed UID moved to
+/// another study or swapped with another member fails to open.
+fn member_row(study: &IdentityId, term: &[u8; 32]) -> String {
+    format!("{}/{}", study.to_hex(), hex::encode(term))
+}
+
+/// Adds the UIDs not yet linked to `study`; true if any was new. One insert per UID,
+/// whatever the number already linked.
+fn add_members(tx: &rusqlite::Transaction<'_>, crypto: &Crypto, study: &IdentityId, kind: Member, uids: &[&str]) -> Result<bool> {
+    let mut insert = tx
+        .prepare_cached("INSERT OR IGNORE INTO study_member (study, kind, term, uid) VALUES (?1, ?2, ?3, ?4)")
+        .map_err(Error::db("linking a study"))?;
+    let mut changed = false;
+    for uid in uids.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+        if uid.len() > 64 {
+            return Err(Error::InvalidInput { field: "UID", expected: "at most 64 characters" });
+        }
+        let term = crypto.term(domain::MEMBER_UID, uid);
+        let sealed = crypto.seal(T_MEMBER, kind.column(), &member_row(study, &term), uid.as_bytes());
+        changed |= insert
+            .execute(params![&study.as_bytes()[..], kind as i64, &term[..], sealed])
+            .map_err(Error::db("linking a study"))?
+            > 0;
+    }
+    Ok(changed)
+}
+
+/// Every member UID of `study` of one kind (a `cleave-vault/1` list and the rows), sorted.
+fn read_members(conn: &rusqlite::Connection, crypto: &Crypto, study: &IdentityId, kind: Member, legacy: Zeroizing<Vec<String>>) -> Result<Zeroizing<Vec<String>>> {
+    let mut out = legacy;
+    let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
+    let mut stmt = conn
+        .prepare_cached("SELECT term, uid FROM study_member WHERE study = ?1 AND kind = ?2")
+        .map_err(Error::db("reading a study"))?;
+    let rows = stmt
+        .query_map(params![&study.as_bytes()[..], kind as i64], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .map_err(Error::db("reading a study"))?;
+    for row in rows {
+        let (term, sealed) = row.map_err(Error::db("reading a study"))?;
+        let term: [u8; 32] = term.as_slice().try_into().map_err(|_| Error::Corrupt { table: T_MEMBER, column: "term" })?;
+        let uid = crypto.open_text(T_MEMBER, kind.column(), &member_row(study, &term), &sealed)?;
+        if seen.insert(uid.clone()) {
+            out.push(uid);
+        }
+    }
+    // `seen` held copies of the UIDs: wipe them too.
+    for mut u in seen.drain() {
+        zeroize::Zeroize::zeroize(&mut u);
+    }
+    // Rows come in the order of their keyed terms, which means nothing: sort by UID.
+    out.sort_unstable();
+    Ok(out)
+}
 
 /// A study to link to an identity. Borrowed: nothing here outlives the call.
 #[derive(Clone, Copy, Default)]
@@ -67,17 +138,6 @@ impl std::fmt::Debug for StudyRecord {
     }
 }
 
-fn union(into: &mut Zeroizing<Vec<String>>, new: &[&str]) -> bool {
-    let mut changed = false;
-    for n in new.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        if !into.iter().any(|e| e == n) {
-            into.push(n.to_owned());
-            changed = true;
-        }
-    }
-    changed
-}
-
 fn seal_list(crypto: &Crypto, column: &str, row: &str, items: &[String]) -> Result<Vec<u8>> {
     let enc = encode_list(items).ok_or(Error::InvalidInput { field: "UID", expected: "at most 64 characters" })?;
     Ok(crypto.seal(T_STUDY, column, row, &enc))
@@ -108,10 +168,8 @@ impl Vault {
             None => {
                 let id = IdentityId::random();
                 let row = id.to_hex();
-                let mut series = Zeroizing::new(Vec::new());
-                union(&mut series, study.original_series_uids);
-                let mut instances = Zeroizing::new(Vec::new());
-                union(&mut instances, study.original_instance_uids);
+                // The `cleave-vault/1` list columns stay, empty: the members are rows.
+                let none: Vec<String> = Vec::new();
                 tx.execute(
                     "INSERT INTO study (id, identity, identity_sealed, original_uid_term, accession_term, accession,
                         original_study_uid, clinical_study_uid, original_series_uids, original_instance_uids)
@@ -125,35 +183,28 @@ impl Vault {
                         accession.map(|a| crypto.seal(T_STUDY, "accession", &row, a.as_bytes())),
                         crypto.seal(T_STUDY, "original_study_uid", &row, orig.as_bytes()),
                         crypto.seal(T_STUDY, "clinical_study_uid", &row, clinical.as_bytes()),
-                        seal_list(crypto, "original_series_uids", &row, &series)?,
-                        seal_list(crypto, "original_instance_uids", &row, &instances)?,
+                        seal_list(crypto, "original_series_uids", &row, &none)?,
+                        seal_list(crypto, "original_instance_uids", &row, &none)?,
                     ],
                 )
                 .map_err(Error::db("linking a study"))?;
+                add_members(&tx, crypto, &id, Member::Series, study.original_series_uids)?;
+                add_members(&tx, crypto, &id, Member::Instance, study.original_instance_uids)?;
                 StudyLinkOutcome::Linked
             }
             Some(id) => {
                 let id = IdentityId::from_blob(&id, T_STUDY, "id")?;
-                let mut rec = read_study(&tx, crypto, &id)?;
+                // The members are not read: a UID already linked is simply not inserted.
+                let rec = read_study(&tx, crypto, &id, false)?;
                 if canonical(&tx, crypto, &rec.identity)? != owner
                     || !bool::from(rec.clinical_study_uid.as_bytes().ct_eq(clinical.as_bytes()))
                 {
                     return Err(Error::StudyConflict);
                 }
                 let row = id.to_hex();
-                let mut changed = false;
-                if union(&mut rec.original_series_uids, study.original_series_uids) {
-                    let s = seal_list(crypto, "original_series_uids", &row, &rec.original_series_uids)?;
-                    tx.execute("UPDATE study SET original_series_uids = ?2 WHERE id = ?1", params![&id.as_bytes()[..], s])
-                        .map_err(Error::db("linking a study"))?;
-                    changed = true;
-                }
-                if union(&mut rec.original_instance_uids, study.original_instance_uids) {
-                    let s = seal_list(crypto, "original_instance_uids", &row, &rec.original_instance_uids)?;
-                    tx.execute("UPDATE study SET original_instance_uids = ?2 WHERE id = ?1", params![&id.as_bytes()[..], s])
-                        .map_err(Error::db("linking a study"))?;
-                    changed = true;
-                }
+                // A UID already in a `cleave-vault/1` list gets a row too; reading dedups.
+                let mut changed = add_members(&tx, crypto, &id, Member::Series, study.original_series_uids)?;
+                changed |= add_members(&tx, crypto, &id, Member::Instance, study.original_instance_uids)?;
                 if let (None, Some(a), Some(t)) = (&rec.accession_number, accession, acc_term) {
                     tx.execute(
                         "UPDATE study SET accession = ?2, accession_term = ?3 WHERE id = ?1",
@@ -200,12 +251,13 @@ impl Vault {
             .collect::<Result<Vec<_>, _>>()
             .map_err(Error::db("finding studies"))?;
         ids.iter()
-            .map(|id| read_study(&self.conn, &self.crypto, &IdentityId::from_blob(id, T_STUDY, "id")?))
+            .map(|id| read_study(&self.conn, &self.crypto, &IdentityId::from_blob(id, T_STUDY, "id")?, true))
             .collect()
     }
 }
 
-fn read_study(conn: &rusqlite::Connection, crypto: &Crypto, id: &IdentityId) -> Result<StudyRecord> {
+/// One study; its series and instance UIDs only `with_members` (empty otherwise).
+fn read_study(conn: &rusqlite::Connection, crypto: &Crypto, id: &IdentityId, with_members: bool) -> Result<StudyRecord> {
     type Row = (Vec<u8>, Vec<u8>, Option<Vec<u8>>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
     let r: Row = conn
         .prepare_cached(
@@ -232,7 +284,69 @@ fn read_study(conn: &rusqlite::Connection, crypto: &Crypto, id: &IdentityId) -> 
         accession_number: r.2.as_deref().map(|a| text("accession", a)).transpose()?,
         original_study_uid: text("original_study_uid", &r.3)?,
         clinical_study_uid: text("clinical_study_uid", &r.4)?,
-        original_series_uids: list("original_series_uids", &r.5)?,
-        original_instance_uids: list("original_instance_uids", &r.6)?,
+        original_series_uids: if with_members {
+            read_members(conn, crypto, id, Member::Series, list("original_series_uids", &r.5)?)?
+        } else {
+            Zeroizing::new(Vec::new())
+        },
+        original_instance_uids: if with_members {
+            read_members(conn, crypto, id, Member::Instance, list("original_instance_uids", &r.6)?)?
+        } else {
+            Zeroizing::new(Vec::new())
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cleave_keys::{KeySource, Keyring};
+
+    /// A `cleave-vault/1` vault: its study row holds the sealed lists, as that format wrote
+    /// them, and there is no member table. Opening it upgrades it; what the old lists hold
+    /// and what is linked after the upgrade read back together, once each.
+    #[test]
+    fn a_cleave_vault_1_study_keeps_its_lists_and_takes_new_members_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::open_or_create(&dir.path().join("keyring.json"), KeySource::KeyFile(dir.path().join("master.key"))).unwrap();
+        let db = dir.path().join("vault.sqlite");
+        let keys = || crate::VaultKeys::unwrap(&ring).unwrap();
+        let link = StudyLink {
+            accession_number: None,
+            original_study_uid: "1.2.3",
+            clinical_study_uid: "2.25.7",
+            original_series_uids: &["1.2.3.1"],
+            original_instance_uids: &[],
+        };
+        let person = {
+            let mut v = Vault::open(&db, keys()).unwrap();
+            let person = v.create(&crate::Demographics::default().with_dicom_pn("Old^Format")).unwrap();
+            assert_eq!(v.link_study(&person, &link).unwrap(), StudyLinkOutcome::Linked);
+            // Turn it into what cleave-vault/1 wrote: lists in the row, no member table.
+            let id: Vec<u8> = v.conn.query_row("SELECT id FROM study", [], |r| r.get(0)).unwrap();
+            let row = IdentityId::from_blob(&id, T_STUDY, "id").unwrap().to_hex();
+            let series = seal_list(&v.crypto, "original_series_uids", &row, &["1.2.3.1".to_owned()]).unwrap();
+            let instances = seal_list(&v.crypto, "original_instance_uids", &row, &["1.2.3.1.2".to_owned(), "1.2.3.1.1".to_owned()]).unwrap();
+            v.conn
+                .execute("UPDATE study SET original_series_uids = ?1, original_instance_uids = ?2", params![series, instances])
+                .unwrap();
+            v.conn.execute_batch("DROP TABLE study_member; UPDATE meta SET value = CAST('cleave-vault/1' AS BLOB) WHERE name = 'format';").unwrap();
+            person
+        };
+        let mut v = Vault::open(&db, keys()).unwrap();
+        let format: Vec<u8> = v.conn.query_row("SELECT value FROM meta WHERE name = 'format'", [], |r| r.get(0)).unwrap();
+        assert_eq!(format, b"cleave-vault/2");
+        let old = v.studies_of(&person).unwrap();
+        assert_eq!(*old[0].original_instance_uids, ["1.2.3.1.1", "1.2.3.1.2"]);
+        // One UID the old list already holds, one new: only the new one extends the study.
+        let again = StudyLink { original_instance_uids: &["1.2.3.1.2", "1.2.3.1.3"], ..link };
+        assert_eq!(v.link_study(&person, &again).unwrap(), StudyLinkOutcome::Extended);
+        let s = &v.studies_of(&person).unwrap()[0];
+        assert_eq!(*s.original_instance_uids, ["1.2.3.1.1", "1.2.3.1.2", "1.2.3.1.3"]);
+        assert_eq!(*s.original_series_uids, ["1.2.3.1"]);
+        // A format this build does not know still fails closed.
+        v.conn.execute("UPDATE meta SET value = CAST('cleave-vault/9' AS BLOB) WHERE name = 'format'", []).unwrap();
+        drop(v);
+        assert!(matches!(Vault::open(&db, keys()), Err(Error::UnknownFormat(_))));
+    }
 }

@@ -207,6 +207,12 @@ impl Vault {
         match format {
             None => Self::initialise(&mut conn, &keys, path)?,
             Some(f) if f == schema::FORMAT.as_bytes() => {}
+            Some(f) if f == schema::PREVIOUS_FORMAT.as_bytes() => {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::db("upgrading the vault"))?;
+                schema::upgrade_from_1(&tx)?;
+                tx.commit().map_err(Error::db("upgrading the vault"))?;
+                tracing::info!(from = schema::PREVIOUS_FORMAT, to = schema::FORMAT, "identity vault upgraded");
+            }
             Some(_) => return Err(Error::UnknownFormat(path.into())),
         }
         let meta = |name: &str| -> Result<Vec<u8>> {
@@ -224,10 +230,10 @@ impl Vault {
         let crypto = Crypto::new(keys, blind_version)?;
         // A wrong data key fails here, not on the first read of a patient.
         match crypto.open(T_META, "data_check", "vault", &data_check) {
-            Ok(v) if v.as_slice() == schema::FORMAT.as_bytes() => {}
+            Ok(v) if v.as_slice() == schema::KEY_CHECK_TEXT.as_bytes() => {}
             _ => return Err(Error::WrongKeys),
         }
-        let expected = crypto.term(domain::KEY_CHECK, schema::FORMAT);
+        let expected = crypto.term(domain::KEY_CHECK, schema::KEY_CHECK_TEXT);
         if !bool::from(expected.as_slice().ct_eq(&blind_check)) {
             return Err(Error::WrongKeys);
         }
@@ -245,11 +251,12 @@ impl Vault {
             return Err(Error::UnknownFormat(path.into()));
         }
         tx.execute_batch(schema::SCHEMA).map_err(Error::db("creating the vault"))?;
+        tx.execute_batch(schema::STUDY_MEMBER).map_err(Error::db("creating the vault"))?;
         let blind = keys.newest_blind();
         let crypto_version = blind.version();
         let data_check =
-            keys.data.seal(cleave_keys::SealContext::new(T_META, "data_check", "vault"), &crate::codec::pad(schema::FORMAT.as_bytes()));
-        let blind_check = blind.index(domain::KEY_CHECK, schema::FORMAT);
+            keys.data.seal(cleave_keys::SealContext::new(T_META, "data_check", "vault"), &crate::codec::pad(schema::KEY_CHECK_TEXT.as_bytes()));
+        let blind_check = blind.index(domain::KEY_CHECK, schema::KEY_CHECK_TEXT);
         let mut ins = tx.prepare("INSERT INTO meta (name, value) VALUES (?1, ?2)").map_err(Error::db("creating the vault"))?;
         for (name, value) in [
             ("format", schema::FORMAT.as_bytes().to_vec()),

@@ -128,7 +128,7 @@ fn wrong_keys_and_unknown_formats_fail_closed() {
     let err = Vault::open(&env.db, VaultKeys::unwrap(&other.ring).unwrap()).unwrap_err();
     assert!(matches!(err, Error::WrongKeys), "{err}");
 
-    env.raw().execute("UPDATE meta SET value = CAST('cleave-vault/2' AS BLOB) WHERE name = 'format'", []).unwrap();
+    env.raw().execute("UPDATE meta SET value = CAST('cleave-vault/3' AS BLOB) WHERE name = 'format'", []).unwrap();
     let err = Vault::open(&env.db, VaultKeys::unwrap(&env.ring).unwrap()).unwrap_err();
     assert!(matches!(err, Error::UnknownFormat(_)), "{err}");
 

@@ -77,7 +77,7 @@ fn no_canary_in_any_byte_of_the_vault_directory() {
     assert!(found.is_empty(), "plaintext on disk with the WAL present: {found:?}");
 
     // The data really is there: a sanity check that the scan could find something.
-    assert!(!scan(dir, &[b"cleave-vault/1".to_vec()]).is_empty());
+    assert!(!scan(dir, &[b"cleave-vault/2".to_vec()]).is_empty());
 
     let item = v.review_queue().unwrap()[0].id;
     v.resolve(&item, Resolution::KeepApart).unwrap();

@@ -43,3 +43,42 @@ fn link_find_resend_and_conflict() {
         Err(Error::InvalidInput { .. })
     ));
 }
+
+/// A CT study arrives one instance at a time: each link adds one row, a re-sent instance
+/// changes nothing, and the study reads back whole. Member rows swapped on disk (each one's
+/// sealed UID put in the other's place) are refused, not misread.
+#[test]
+fn a_big_study_links_instance_by_instance_and_refuses_swapped_members() {
+    let env = Env::new();
+    let mut v = env.open();
+    let a = v.create(&jane()).unwrap();
+    let uids: Vec<String> = (0..1500).map(|i| format!("1.2.840.113619.2.55.3.7.{i}")).collect();
+    let base = StudyLink {
+        accession_number: Some("ACC-BIG"),
+        original_study_uid: "1.2.840.113619.2.55.3.7",
+        clinical_study_uid: "2.25.77",
+        original_series_uids: &["1.2.840.113619.2.55.3.7.0"],
+        original_instance_uids: &[],
+    };
+    for (i, uid) in uids.iter().enumerate() {
+        let one = [uid.as_str()];
+        let want = if i == 0 { StudyLinkOutcome::Linked } else { StudyLinkOutcome::Extended };
+        assert_eq!(v.link_study(&a, &StudyLink { original_instance_uids: &one, ..base }).unwrap(), want, "instance {i}");
+    }
+    let resent = [uids[700].as_str()];
+    assert_eq!(v.link_study(&a, &StudyLink { original_instance_uids: &resent, ..base }).unwrap(), StudyLinkOutcome::AlreadyLinked);
+    let s = &v.find_studies_by_accession("ACC-BIG").unwrap()[0];
+    let mut want = uids.clone();
+    want.sort();
+    assert_eq!(*s.original_instance_uids, want);
+    assert_eq!(*s.original_series_uids, ["1.2.840.113619.2.55.3.7.0"]);
+    drop(v);
+
+    let raw = env.raw();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> =
+        raw.prepare("SELECT term, uid FROM study_member WHERE kind = 2 LIMIT 2").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    raw.execute("UPDATE study_member SET uid = ?1 WHERE term = ?2", rusqlite::params![rows[1].1, rows[0].0]).unwrap();
+    raw.execute("UPDATE study_member SET uid = ?1 WHERE term = ?2", rusqlite::params![rows[0].1, rows[1].0]).unwrap();
+    drop(raw);
+    assert!(matches!(env.open().find_studies_by_accession("ACC-BIG"), Err(Error::Tampered { .. })));
+}
