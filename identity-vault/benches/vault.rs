@@ -3,6 +3,11 @@
 //! * `seal_open_field`: seal and open one name-sized field (the per-field cost).
 //! * `get_identity`: read one identity with every field sealed.
 //! * `open_closed_vault`: unwrap the keys and open a closed vault (goal ≤ 5 ms).
+//! * `link_instance/<n>`: link one more instance to a study that starts with `n` (and
+//!   grows by one per iteration), as each arriving instance does: one durable commit each.
+//!   Flat since `cleave-vault/2` (137-141 µs here); `cleave-vault/1`, which resealed the
+//!   study's whole list of instance UIDs, took 2.1-2.9 ms once the study had grown to a
+//!   thousand or two.
 //! * search p99 over 1,000,000 identities (goal ≤ 2 ms): not a criterion group, because
 //!   the vault takes minutes to build; it is built once (`VAULT_BENCH_DIR` keeps it for
 //!   re-runs, `VAULT_BENCH_N` changes the size, `VAULT_BENCH_SKIP_1M=1` skips it) and
@@ -109,6 +114,36 @@ fn micro(c: &mut Criterion) {
     });
 }
 
+fn link_instance(c: &mut Criterion) {
+    use identity_vault::StudyLink;
+    let mut g = c.benchmark_group("link_instance");
+    for n in [10usize, 2000] {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::open_or_create(&dir.path().join("keyring.json"), KeySource::KeyFile(dir.path().join("master.key"))).unwrap();
+        let mut v = Vault::open(&dir.path().join("vault.sqlite"), VaultKeys::unwrap(&ring).unwrap()).unwrap();
+        let who = v.create(&Demographics::default().with_dicom_pn("Bench^Study")).unwrap();
+        let base = StudyLink {
+            accession_number: Some("ACC-1"),
+            original_study_uid: "1.2.840.99.1",
+            clinical_study_uid: "2.25.1",
+            original_series_uids: &["1.2.840.99.1.1"],
+            original_instance_uids: &[],
+        };
+        let mut next = 0u64;
+        let mut link_one = |v: &mut Vault| {
+            let uid = format!("1.2.840.99.1.1.{next}");
+            next += 1;
+            let one = [uid.as_str()];
+            v.link_study(&who, &StudyLink { original_instance_uids: &one, ..base }).unwrap();
+        };
+        for _ in 0..n {
+            link_one(&mut v);
+        }
+        g.bench_function(n.to_string(), |b| b.iter(|| link_one(&mut v)));
+    }
+    g.finish();
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -188,6 +223,7 @@ fn search_p99() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     micro(&mut c);
+    link_instance(&mut c);
     c.final_summary();
     search_p99();
 }
