@@ -1,7 +1,8 @@
 //! The SQLite schema (format `cleave-vault/2`, FORMAT.md "Schema"), the upgrade from
 //! `cleave-vault/1`, and the connection settings every open applies.
 //!
-//! Every table is `WITHOUT ROWID` and keyed by a random 128-bit id. An ordinary SQLite
+//! Every table is `WITHOUT ROWID` and keyed by a random 128-bit id (`study_member` by
+//! its study's id and a keyed hash of the UID, just as random). An ordinary SQLite
 //! table stores rows in the order of an implicit, incrementing `rowid`, so the physical
 //! order of the file (and any `rowid` a query exposes) would follow insertion order, and
 //! insertion order lines up with arrival times in the clinical store. A `WITHOUT ROWID`
