@@ -23,8 +23,9 @@
 //! the blob being written, and each byte is parsed and encrypted once. Most of the blob is
 //! on its way to disk when the last byte arrives (the pending blob starts writeback as it
 //! goes), so what the sender waits for after it is the vault, two overlapped fsyncs (the
-//! blob's, then its directory's, which then costs next to nothing) and the index commit. Memory stays bounded by the split's header limit
-//! plus a chunk or two, whatever the size of the pixel data.
+//! blob's, then its directory's, which then costs next to nothing) and the index commit.
+//! Memory stays bounded by the split's header limit plus a chunk or two, whatever the size
+//! of the pixel data.
 use std::io::Read;
 
 use cleave_deid::{split, ExtractedIdentity, Limits, Options, UidMapper};
@@ -167,9 +168,10 @@ impl Pipeline {
                     .and_then(|r| r);
                 decided.map(|d| (d, began.elapsed()))
             });
-            // While the vault decides, the blob's writeback starts. A failed fsync fails the instance: after one, Linux may
-            // report the next as clean with data lost. No name means the vault failed
-            // first. Either way the pending blob is dropped (deleted).
+            // While the vault decides, the blob's writeback starts. A failed fsync fails the
+            // instance: after one, Linux may report the next as clean with data lost. No
+            // name means the vault failed first. Either way the pending blob is dropped
+            // (deleted).
             let finished = match pending.prepare_finish() {
                 Err(e) => Some(Err(e)),
                 Ok(()) => named_rx.recv().ok().map(|p| {
