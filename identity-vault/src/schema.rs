@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// The format name stored in `meta`; anything else but [`PREVIOUS_FORMAT`] fails closed.
 pub(crate) const FORMAT: &str = "cleave-vault/2";
 
-/// The one older format this build opens, upgrading it in place first ([`UPGRADE_FROM_1`]).
+/// The one older format this build opens, upgrading it in place first ([`upgrade_from_1`]).
 pub(crate) const PREVIOUS_FORMAT: &str = "cleave-vault/1";
 
 /// What `meta.data_check` seals and `meta.blind_check` hashes. Fixed at the first format's
@@ -77,12 +77,6 @@ CREATE TABLE review (
 CREATE INDEX review_open ON review(open) WHERE open = 1;
 ";
 
-/// Settings applied on every open. WAL with `synchronous=FULL` makes a committed
-/// transaction durable before `commit` returns (kill -9 and power loss). Temporary
-/// tables and sort spills stay in memory so no plaintext temp file is ever written
-/// (there is no plaintext in SQL anyway, but blind terms need not leak either), and
-/// `secure_delete` overwrites freed pages so an updated record's old ciphertext and
-/// index terms do not linger in free pages.
 /// The member table: created with the schema, and by the upgrade from `cleave-vault/1`.
 pub(crate) const STUDY_MEMBER: &str = "
 CREATE TABLE study_member (
@@ -107,6 +101,12 @@ pub(crate) fn upgrade_from_1(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Settings applied on every open. WAL with `synchronous=FULL` makes a committed
+/// transaction durable before `commit` returns (kill -9 and power loss). Temporary
+/// tables and sort spills stay in memory so no plaintext temp file is ever written
+/// (there is no plaintext in SQL anyway, but blind terms need not leak either), and
+/// `secure_delete` overwrites freed pages so an updated record's old ciphertext and
+/// index terms do not linger in free pages.
 pub(crate) fn configure(conn: &Connection) -> Result<()> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
