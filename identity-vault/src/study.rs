@@ -50,9 +50,6 @@ fn add_members(tx: &rusqlite::Transaction<'_>, crypto: &Crypto, study: &Identity
         .map_err(Error::db("linking a study"))?;
     let mut changed = false;
     for uid in uids.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
-        if uid.len() > 64 {
-            return Err(Error::InvalidInput { field: "UID", expected: "at most 64 characters" });
-        }
         let term = crypto.term(domain::MEMBER_UID, uid);
         let sealed = crypto.seal(T_MEMBER, kind.column(), &member_row(study, &term), uid.as_bytes());
         changed |= insert
@@ -279,21 +276,19 @@ fn read_study(conn: &rusqlite::Connection, crypto: &Crypto, id: &IdentityId, wit
     let list = |col: &'static str, v: &[u8]| -> Result<Zeroizing<Vec<String>>> {
         decode_list(&crypto.open(T_STUDY, col, &row, v)?).ok_or(Error::Corrupt { table: T_STUDY, column: col })
     };
+    let members = |kind: Member, col: &'static str, v: &[u8]| -> Result<Zeroizing<Vec<String>>> {
+        if !with_members {
+            return Ok(Zeroizing::new(Vec::new()));
+        }
+        read_members(conn, crypto, id, kind, list(col, v)?)
+    };
     Ok(StudyRecord {
         identity: IdentityId::from_blob(&r.0, T_STUDY, "identity")?,
         accession_number: r.2.as_deref().map(|a| text("accession", a)).transpose()?,
         original_study_uid: text("original_study_uid", &r.3)?,
         clinical_study_uid: text("clinical_study_uid", &r.4)?,
-        original_series_uids: if with_members {
-            read_members(conn, crypto, id, Member::Series, list("original_series_uids", &r.5)?)?
-        } else {
-            Zeroizing::new(Vec::new())
-        },
-        original_instance_uids: if with_members {
-            read_members(conn, crypto, id, Member::Instance, list("original_instance_uids", &r.6)?)?
-        } else {
-            Zeroizing::new(Vec::new())
-        },
+        original_series_uids: members(Member::Series, "original_series_uids", &r.5)?,
+        original_instance_uids: members(Member::Instance, "original_instance_uids", &r.6)?,
     })
 }
 

@@ -82,3 +82,18 @@ fn a_big_study_links_instance_by_instance_and_refuses_swapped_members() {
     drop(raw);
     assert!(matches!(env.open().find_studies_by_accession("ACC-BIG"), Err(Error::Tampered { .. })));
 }
+
+/// Modalities in the field send UIDs longer than PS3.5's 64 characters. The vault links
+/// them as it always did; refusing one would fail the whole instance.
+#[test]
+fn an_overlong_original_uid_is_linked_and_read_back() {
+    let env = Env::new();
+    let mut v = env.open();
+    let a = v.create(&jane()).unwrap();
+    let long = format!("1.2.840.113619.2.55.3.{}", "1234567890".repeat(5));
+    assert!(long.len() > 64);
+    let one = [long.as_str()];
+    let link = StudyLink { original_study_uid: "1.2.9", clinical_study_uid: "2.25.9", original_instance_uids: &one, ..Default::default() };
+    assert_eq!(v.link_study(&a, &link).unwrap(), StudyLinkOutcome::Linked);
+    assert_eq!(*v.studies_of(&a).unwrap()[0].original_instance_uids, [long.clone()]);
+}
