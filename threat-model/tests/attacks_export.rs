@@ -320,11 +320,6 @@ async fn research_export_resists_reidentification() {
     let cohort_shifted = "from=20190301&to=20190331&dates=shifted";
     let (s1, s2) = (export(&b, &researcher, cohort_shifted, &work.path().join("s1")).await, export(&b, &researcher, cohort_shifted, &work.path().join("s2")).await);
     assert_eq!((s1.dates.as_str(), s1.parts.len()), ("shifted", 8));
-    let date_needles: Vec<Vec<Vec<u8>>> = dates.iter().map(|d| variants(d)).collect();
-    for e in [&s1, &s2] {
-        let hits = scan_bytes(&e.parts.concat(), &date_needles);
-        assert!(hits.is_empty(), "an original date in a shifted export: {:?}", hits.iter().map(|i| &dates[*i]).collect::<Vec<_>>());
-    }
     let day = |d: &str| -> i64 {
         // Days since 1970-01-01 of a YYYYMMDD date (proleptic Gregorian).
         let (y, m, dd) = (d[..4].parse::<i64>().unwrap(), d[4..6].parse::<i64>().unwrap(), d[6..8].parse::<i64>().unwrap());
@@ -334,6 +329,18 @@ async fn research_export_resists_reidentification() {
         let doy = (153 * m + 2) / 5 + dd - 1;
         era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
     };
+    let date = |z: i64| -> String {
+        // The YYYYMMDD date of a day count, the inverse of `day`.
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let (dd, m) = (doy - (153 * mp + 2) / 5 + 1, if mp < 10 { mp + 3 } else { mp - 9 });
+        format!("{:04}{m:02}{dd:02}", yoe + era * 400 + i64::from(m <= 2))
+    };
+    assert_eq!((date(day("20190311")), date(day("20000229")), date(day("19210611"))), ("20190311".into(), "20000229".into(), "19210611".into()));
     let temporal = |p: &Value, tag: &str| -> String {
         let t = p["temporal"].as_array().unwrap().iter().find(|t| t[0] == tag);
         t.and_then(|t| t[1].as_str()).unwrap_or_else(|| panic!("no ({tag}) in {}", p["path"])).to_owned()
@@ -342,16 +349,35 @@ async fn research_export_resists_reidentification() {
         ps.iter().map(|p| (attr(p, "PatientID").unwrap().to_owned(), temporal(p, "00080020"))).collect()
     };
     let (is1, is2) = (inspect(&s1.files), inspect(&s2.files));
-    for p in is1.iter().chain(&is2) {
-        assert_eq!(attr(p, "LongitudinalTemporalInformationModified"), Some("MODIFIED"));
-        let study = temporal(p, "00080020");
-        // Each subject's study was in March 2019, and the procedure creation date (a date
-        // the table does not list) ten days later: the interval survives the shift...
-        assert_eq!(day(&temporal(p, "00144076")) - day(&study), 10, "the interval changed in {}", p["path"]);
-        assert_eq!(temporal(p, "00080030"), "101112", "the time of day is kept");
-        // ...and the shift is 1 to 3652 days back from one of those March days.
-        let back = (11..=14).map(|d| day(&format!("201903{d}")) - day(&study)).filter(|b| (1..=3652).contains(b)).count();
-        assert!(back > 0, "{study} is not 1 to 3652 days before a March 2019 study");
+    let date_needles: Vec<Vec<Vec<u8>>> = dates.iter().map(|d| variants(d)).collect();
+    for (e, is) in [(&s1, &is1), (&s2, &is2)] {
+        for (bytes, p) in e.parts.iter().zip(is.iter()) {
+            assert_eq!(attr(p, "LongitudinalTemporalInformationModified"), Some("MODIFIED"));
+            // The pixel marker tells the attack whose part this is, and so its true dates:
+            // the study in March 2019 (day 10 + n for patient n) and the procedure creation
+            // date (a date the table does not list) ten days later.
+            let n = (1..=4).find(|n| memchr::memmem::find(bytes, format!("PIXELMARKER{n}").as_bytes()).is_some()).expect("a pixel marker");
+            let (study, procedure) = (format!("201903{}", 10 + n), format!("201903{}", 20 + n));
+            let shift = day(&study) - day(&temporal(p, "00080020"));
+            assert!((1..=3652).contains(&shift), "patient {n}'s study moved by {shift} days, not 1 to 3652 back");
+            // Every date in the part moved by that one shift, so intervals survive...
+            for (tag, v) in p["temporal"].as_array().unwrap().iter().map(|t| (t[0].as_str().unwrap(), t[1].as_str().unwrap())) {
+                match tag {
+                    "00080020" | "00080021" | "00080022" | "00080023" => assert_eq!(v, date(day(&study) - shift), "({tag}) in {}", p["path"]),
+                    "00144076" => assert_eq!(v, date(day(&procedure) - shift), "the interval changed in {}", p["path"]),
+                    "00080030" => assert_eq!(v, "101112", "the time of day is kept"),
+                    // Dates of the sample objects the corpus was made from: not needles.
+                    _ => {}
+                }
+            }
+            // ...and no original date is anywhere in its bytes. A shifted date may by chance
+            // equal another original date of the corpus (a shift of 10 days turns the
+            // procedure date into the study date); those values are this part's own
+            // correctly shifted dates, checked above, and are the only ones let through.
+            let own: Vec<String> = [&study, &procedure].iter().map(|d| date(day(d) - shift)).collect();
+            let hits: Vec<&String> = scan_bytes(bytes, &date_needles).into_iter().map(|i| &dates[i]).filter(|d| !own.contains(d)).collect();
+            assert!(hits.is_empty(), "an original date in a shifted export: {hits:?} in {}", p["path"]);
+        }
     }
     // A subject's objects move together (CT and MR of one study keep one date)...
     for ps in [&is1, &is2] {
