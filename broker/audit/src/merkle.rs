@@ -104,87 +104,126 @@ impl Tree {
         self.levels.first()?.get(usize::try_from(index).ok()?).copied()
     }
 
-    /// MTH(D[lo:hi]) for `lo < hi <= size`, where the range is a node of the RFC's
-    /// recursion (its left parts are always complete aligned subtrees).
-    fn range_hash(&self, lo: u64, hi: u64) -> Hash {
-        let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
-            let k = n.trailing_zeros() as usize;
-            // Invariant: callers keep hi <= size, and an aligned complete subtree inside the
-            // appended leaves is always stored at its level.
-            return self.levels[k][(lo >> k) as usize];
-        }
-        let k = split_point(n);
-        node_hash(&self.range_hash(lo, lo + k), &self.range_hash(lo + k, hi))
-    }
-
     /// The root hash of the first `size` leaves.
     pub fn root(&self, size: u64) -> Option<Hash> {
-        if size > self.size() {
-            return None;
-        }
-        if size == 0 {
-            return Some(empty_root());
-        }
-        Some(self.range_hash(0, size))
+        root_of(self, size).ok().flatten()
     }
 
     /// RFC 9162 2.1.3.1 PATH(index, D[size]): the inclusion proof of leaf `index` in the
     /// tree of the first `size` leaves, leaf side first.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
-        if index >= size || size > self.size() {
-            return None;
-        }
-        let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof);
-        Some(proof)
-    }
-
-    fn path(&self, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if n <= 1 {
-            return;
-        }
-        let k = split_point(n);
-        if m < k {
-            self.path(m, lo, lo + k, out);
-            out.push(self.range_hash(lo + k, hi));
-        } else {
-            self.path(m - k, lo + k, hi, out);
-            out.push(self.range_hash(lo, lo + k));
-        }
+        inclusion_proof_of(self, index, size).ok().flatten()
     }
 
     /// RFC 9162 2.1.4.1 PROOF(old, D[new]): the consistency proof between the trees of the
     /// first `old` and `new` leaves. Empty when `old == new` or `old == 0`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
-        if old > new || new > self.size() {
-            return None;
-        }
-        let mut proof = Vec::new();
-        if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut proof);
-        }
-        Some(proof)
+        consistency_proof_of(self, old, new).ok().flatten()
+    }
+}
+
+impl Nodes for Tree {
+    fn leaf_count(&self) -> u64 {
+        self.size()
     }
 
-    fn subproof(&self, m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if m == n {
-            if !complete {
-                out.push(self.range_hash(lo, hi));
-            }
-            return;
-        }
-        let k = split_point(n);
-        if m <= k {
-            self.subproof(m, lo, lo + k, complete, out);
-            out.push(self.range_hash(lo + k, hi));
-        } else {
-            self.subproof(m - k, lo + k, hi, false, out);
-            out.push(self.range_hash(lo, lo + k));
-        }
+    fn node(&self, level: u32, index: u64) -> std::io::Result<Hash> {
+        self.levels
+            .get(level as usize)
+            .and_then(|l| l.get(usize::try_from(index).ok()?))
+            .copied()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such tree node"))
     }
+}
+
+/// Where the hashes of a tree's complete aligned subtrees are kept: in memory ([`Tree`]),
+/// or in the audit log's node file. Every root and proof is computed from these alone.
+pub(crate) trait Nodes {
+    /// Number of leaves.
+    fn leaf_count(&self) -> u64;
+    /// The hash of leaves `[index * 2^level, (index + 1) * 2^level)`; only asked for
+    /// subtrees that lie wholly within the leaves.
+    fn node(&self, level: u32, index: u64) -> std::io::Result<Hash>;
+}
+
+/// MTH(D[lo:hi]) for `lo < hi <= leaf_count`, where the range is a node of the RFC's
+/// recursion (its left parts are always complete aligned subtrees).
+fn range_hash<N: Nodes + ?Sized>(t: &N, lo: u64, hi: u64) -> std::io::Result<Hash> {
+    let n = hi - lo;
+    if n.is_power_of_two() && lo % n == 0 {
+        let k = n.trailing_zeros();
+        return t.node(k, lo >> k);
+    }
+    let k = split_point(n);
+    Ok(node_hash(&range_hash(t, lo, lo + k)?, &range_hash(t, lo + k, hi)?))
+}
+
+/// The root hash of the first `size` leaves; `None` beyond the tree.
+pub(crate) fn root_of<N: Nodes + ?Sized>(t: &N, size: u64) -> std::io::Result<Option<Hash>> {
+    if size > t.leaf_count() {
+        return Ok(None);
+    }
+    if size == 0 {
+        return Ok(Some(empty_root()));
+    }
+    range_hash(t, 0, size).map(Some)
+}
+
+/// RFC 9162 2.1.3.1 PATH(index, D[size]); `None` when out of range.
+pub(crate) fn inclusion_proof_of<N: Nodes + ?Sized>(t: &N, index: u64, size: u64) -> std::io::Result<Option<Vec<Hash>>> {
+    if index >= size || size > t.leaf_count() {
+        return Ok(None);
+    }
+    let mut proof = Vec::new();
+    path(t, index, 0, size, &mut proof)?;
+    Ok(Some(proof))
+}
+
+fn path<N: Nodes + ?Sized>(t: &N, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) -> std::io::Result<()> {
+    let n = hi - lo;
+    if n <= 1 {
+        return Ok(());
+    }
+    let k = split_point(n);
+    if m < k {
+        path(t, m, lo, lo + k, out)?;
+        out.push(range_hash(t, lo + k, hi)?);
+    } else {
+        path(t, m - k, lo + k, hi, out)?;
+        out.push(range_hash(t, lo, lo + k)?);
+    }
+    Ok(())
+}
+
+/// RFC 9162 2.1.4.1 PROOF(old, D[new]); `None` when out of range.
+pub(crate) fn consistency_proof_of<N: Nodes + ?Sized>(t: &N, old: u64, new: u64) -> std::io::Result<Option<Vec<Hash>>> {
+    if old > new || new > t.leaf_count() {
+        return Ok(None);
+    }
+    let mut proof = Vec::new();
+    if old > 0 && old < new {
+        subproof(t, old, 0, new, true, &mut proof)?;
+    }
+    Ok(Some(proof))
+}
+
+fn subproof<N: Nodes + ?Sized>(t: &N, m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<Hash>) -> std::io::Result<()> {
+    let n = hi - lo;
+    if m == n {
+        if !complete {
+            out.push(range_hash(t, lo, hi)?);
+        }
+        return Ok(());
+    }
+    let k = split_point(n);
+    if m <= k {
+        subproof(t, m, lo, lo + k, complete, out)?;
+        out.push(range_hash(t, lo + k, hi)?);
+    } else {
+        subproof(t, m - k, lo + k, hi, false, out)?;
+        out.push(range_hash(t, lo, lo + k)?);
+    }
+    Ok(())
 }
 
 /// Right-shift `fn_` and `sn` together until `fn_`'s low bit is set or it reaches 0.
