@@ -238,5 +238,32 @@ async fn broker_audit_log_rewritten_on_disk_is_detected() {
     });
     let f = e.failure().expect("verification ran");
     assert!(f.problems.iter().any(|p| matches!(p, Problem::RootMismatch { .. })), "{f:?}");
-    drop(b_dir);
+
+    // The same edit made to the broker's own log, then the broker restarted on it. Opening
+    // reads only the tail after the tree files' mark, so it starts; its background check of
+    // the history finds the edit, and from then on every request is refused, since a
+    // decision that cannot be recorded is not taken.
+    let mut recs = records(&std::fs::read(dir.join("entries.log")).unwrap());
+    let t = String::from_utf8(recs[mine].1.clone()).unwrap().replace("mallory", "nurse01");
+    recs[mine].1 = t.into_bytes();
+    write_records(&dir.join("entries.log"), &recs);
+    let mut opts = broker::ServeOptions::new(b_dir.path());
+    opts.listen = Some("127.0.0.1:0".parse().unwrap());
+    let b = common::Broker { dir: b_dir, running: broker::start(opts).await.expect("the broker starts on its tree files") };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        let a = common::call(b.addr(), auditor.cfg.clone(), "GET", "/api/v1/audit/checkpoint", &auditor.token).await;
+        if a.status != 200 {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "the broker still serves on an altered audit history");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // The caller gets the generic internal error; the broker's log names the damage.
+    assert_eq!((refused.status, refused.error_code().as_str()), (500, "internal"), "{}", refused.body);
+    for _ in 0..3 {
+        let a = common::call(b.addr(), mallory.cfg.clone(), "GET", "/api/v1/identity/patients?patient_id=X", &mallory.token).await;
+        assert_eq!(a.status, 500, "every request stays refused: {}", a.body);
+    }
+    drop(b);
 }

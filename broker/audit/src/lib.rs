@@ -21,6 +21,7 @@ mod entry;
 mod error;
 mod log;
 pub mod merkle;
+mod nodes;
 mod pending;
 mod store;
 pub mod syslog;

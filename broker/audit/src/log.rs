@@ -14,6 +14,9 @@
 //! (the kernel keeps completed writes on `kill -9`; fsync'd bytes survive power loss) that
 //! record and everything after it belong to the one batch whose fsync had not returned, so
 //! none was acknowledged. The cut is itself recorded as a `log-recovery` entry.
+//!
+//! Opening reads only the entries after the tree files' mark (`nodes.rs`); a background
+//! thread then checks everything before it, and a history found altered stops the log.
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -29,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{check_origin, note_text, Checkpoint, CheckpointSigner, CheckpointVerifier, SignedCheckpoint};
 use crate::entry::{Actor, ActorKind, Entry, Operation, Outcome, OutcomeClass, ResourceRef, Timestamp};
-use crate::merkle::{Hash, Tree};
+use crate::merkle::{consistency_proof_of, inclusion_proof_of, root_of, Hash};
+use crate::nodes::{Mark, Peaks, Syncer, TreeFiles};
 use crate::pending::{Completion, PendingAppend, Responder};
 use crate::store::{self, encode_record, encode_record_hashed, Damage, FileKind, Next, RecordReader, RECORD_OVERHEAD};
 use crate::Error;
@@ -146,10 +150,44 @@ struct Meta {
 }
 
 struct State {
-    tree: Tree,
-    /// Byte offset of each record in the entries file, plus the end offset.
-    offsets: Vec<u64>,
+    /// The tree, on disk; memory holds its right edge only (`nodes.rs`).
+    tree: TreeFiles,
     checkpoints: Vec<SignedCheckpoint>,
+}
+
+/// Why the log stopped taking entries after it opened: the background check of its
+/// history found it altered or damaged. Kept as parts so every caller gets the same error.
+#[derive(Clone, Debug)]
+enum Halt {
+    Corrupt { file: &'static str, index: u64, what: &'static str },
+    CheckpointMismatch { seq: u64, what: &'static str },
+    Io { path: PathBuf, message: String },
+}
+
+impl Halt {
+    fn error(&self) -> Error {
+        match self {
+            Halt::Corrupt { file, index, what } => Error::Corrupt { file, index: *index, what },
+            Halt::CheckpointMismatch { seq, what } => Error::CheckpointMismatch { seq: *seq, what },
+            Halt::Io { path, message } => Error::io("read", path, std::io::Error::other(message.clone())),
+        }
+    }
+
+    fn of(e: Error, path: &Path) -> Halt {
+        match e {
+            Error::Corrupt { file, index, what } => Halt::Corrupt { file, index, what },
+            Error::CheckpointMismatch { seq, what } => Halt::CheckpointMismatch { seq, what },
+            other => Halt::Io { path: path.to_owned(), message: other.to_string() },
+        }
+    }
+}
+
+/// Where the background check of the history stands.
+#[derive(Clone, Debug)]
+enum Checked {
+    Running,
+    Passed,
+    Failed(Halt),
 }
 
 struct CheckpointFile {
@@ -165,7 +203,14 @@ struct Shared {
     state: RwLock<State>,
     reader: File,
     checkpoint_file: Mutex<CheckpointFile>,
+    /// Makes the tree files durable when a checkpoint is issued.
+    tree_sync: Syncer,
     failed: AtomicBool,
+    /// The background check of the history, and its end (see [`AuditLog::open`]).
+    checked: Mutex<Checked>,
+    checked_cv: std::sync::Condvar,
+    /// Asks the background check to stop (the log is closing).
+    closing: AtomicBool,
     /// Held for the lifetime of the log: the flock on `LOCK`.
     _lock: File,
 }
@@ -183,7 +228,9 @@ pub struct AuditLog {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+    checker: Option<JoinHandle<()>>,
     recovery: Vec<Recovery>,
+    read_on_open: u64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -201,12 +248,15 @@ fn raw_entries(shared: &Shared, start: u64, limit: usize) -> Result<Vec<RawEntry
         if start >= end {
             return Ok(Vec::new());
         }
-        let offs: Vec<u64> = st.offsets[start as usize..=end as usize].to_vec();
-        let leaves: Vec<Hash> = (start..end).filter_map(|i| st.tree.leaf(i)).collect();
-        (offs, leaves)
+        (st.tree.record_offsets(start, end)?, st.tree.leaves(start, end)?)
     };
-    if offsets.len() < 2 {
-        return Ok(Vec::new());
+    // Offsets come from a file: bound them before allocating what they span.
+    let most = (leaves.len() as u64).saturating_mul(RECORD_OVERHEAD + u64::from(store::MAX_RECORD_PAYLOAD));
+    if offsets.len() != leaves.len() + 1
+        || offsets.windows(2).any(|w| w[1] < w[0] + RECORD_OVERHEAD)
+        || offsets[offsets.len() - 1] - offsets[0] > most
+    {
+        return Err(Error::Corrupt { file: "tree", index: start, what: "the stored record offsets are impossible" });
     }
     let first = offsets[0];
     let last = offsets[offsets.len() - 1];
@@ -290,10 +340,119 @@ fn truncate(file: &File, path: &Path, len: u64) -> Result<(), Error> {
     file.sync_all().map_err(|e| Error::io("sync", path, e))
 }
 
+/// The tree files' mark, if they can be trusted up to it: a signed checkpoint of exactly
+/// that size exists, the files give its root, and the last record they point at is intact,
+/// is the leaf they hold, and ends where the mark says. Leaves `tree` at the mark's size.
+fn usable_mark(
+    tree: &mut TreeFiles,
+    mark: Mark,
+    checkpoints: &[SignedCheckpoint],
+    entries: &File,
+    entries_path: &Path,
+) -> Result<Option<Mark>, Error> {
+    let Some(signed) = checkpoints.iter().rev().find(|c| c.checkpoint.size == mark.size) else {
+        return Ok(None);
+    };
+    let len = entries.metadata().map_err(|e| Error::io("stat", entries_path, e))?.len();
+    if mark.size == 0 || mark.end > len || !tree.holds(mark.size)? {
+        return Ok(None);
+    }
+    tree.reset_to(mark.size, mark.end)?;
+    if tree.current_root() != signed.checkpoint.root {
+        return Ok(None);
+    }
+    let last = mark.size - 1;
+    let at = tree.record_offsets(last, mark.size)?;
+    let leaf = tree.leaves(last, mark.size)?;
+    let mut reader = RecordReader::resume(entries, FileKind::Entries, at[0], last).map_err(|e| Error::io("read", entries_path, e))?;
+    Ok(match reader.next_record().map_err(|e| Error::io("read", entries_path, e))? {
+        Next::Record(r) if Some(&r.hash) == leaf.first() && r.offset + RECORD_OVERHEAD + r.payload.len() as u64 == mark.end => Some(mark),
+        _ => None,
+    })
+}
+
+/// The background check: re-derives the tree and the record offsets from every entry up
+/// to `size`, compares them with the tree files read in the same order, and checks each
+/// signed checkpoint in `history` (sequence number, size, root) on the way. On any
+/// difference the log stops taking entries and the mark is withdrawn, so the next open
+/// reads every entry and names the damage itself.
+fn check_history(
+    shared: Arc<Shared>,
+    mut nodes: std::io::BufReader<File>,
+    mut offsets: std::io::BufReader<File>,
+    size: u64,
+    history: Vec<(u64, u64, Hash)>,
+) {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut run = || -> Result<bool, Error> {
+        let path = &shared.entries_path;
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let mut reader = RecordReader::new(file, FileKind::Entries)
+            .map_err(|e| Error::io("read", path, e))?
+            .ok_or_else(|| Error::UnknownFormat(path.clone()))?;
+        let mut peaks = Peaks::default();
+        let mut history = history.iter().peekable();
+        // The first leaf at which the tree files differ from the entries. Which of the two
+        // is wrong shows at the next signed root: the entries, if they no longer give it.
+        let mut files_differ: Option<u64> = None;
+        let (mut stored, mut off) = ([0u8; 32], [0u8; 8]);
+        for index in 0..size {
+            if index % 4096 == 0 && shared.closing.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            let r = match reader.next_record().map_err(|e| Error::io("read", path, e))? {
+                Next::Record(r) => r,
+                Next::Stop(s) => return Err(Error::Corrupt { file: "entries", index: s.seq, what: s.damage.describe() }),
+                Next::End => return Err(Error::Corrupt { file: "entries", index, what: "entries covered by a signed checkpoint are missing" }),
+            };
+            let mut same = offsets.read_exact(&mut off).is_ok() && u64::from_be_bytes(off) == r.offset;
+            peaks.push(r.hash, |h| same &= nodes.read_exact(&mut stored).is_ok() && stored == *h);
+            if !same && files_differ.is_none() {
+                files_differ = Some(index);
+            }
+            while let Some((seq, _, root)) = history.next_if(|(_, s, _)| *s == index + 1) {
+                if peaks.root() != *root {
+                    return Err(Error::CheckpointMismatch { seq: *seq, what: "the root does not match the entries" });
+                }
+            }
+        }
+        if let Some(index) = files_differ {
+            return Err(Error::Corrupt { file: "tree", index, what: "the tree files differ from the entries; the next open rebuilds them" });
+        }
+        Ok(true)
+    };
+    let outcome = run();
+    let mut checked = shared.checked.lock().unwrap_or_else(|p| p.into_inner());
+    match outcome {
+        Ok(true) => {
+            tracing::info!(entries = size, seconds = started.elapsed().as_secs(), "audit log: history checked");
+            *checked = Checked::Passed;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "audit log: the history check failed; the log takes no more entries");
+            if let Err(u) = shared.tree_sync.unmark() {
+                tracing::error!(error = %u, "audit log: could not withdraw the tree files' mark");
+            }
+            *checked = Checked::Failed(Halt::of(e, &shared.entries_path));
+        }
+    }
+    shared.checked_cv.notify_all();
+}
+
 impl AuditLog {
     /// Open (or create) the log in `dir`, a directory of its own apart from both stores.
     /// `signing_key` is the `KeyPurpose::AuditSigning` key. Repairs a crash tail (see the
-    /// module documentation) and checks every stored checkpoint against the entries.
+    /// module documentation).
+    ///
+    /// Opening reads only the entries after the tree files' mark (`nodes.rs`), after checking
+    /// that the files give the signed root of that size; with no usable mark it reads and
+    /// checks every entry, as before. Everything up to the mark is then re-read and checked
+    /// against the files and every checkpoint by a background thread; if it finds the
+    /// history altered or damaged, the log refuses every later append with that error
+    /// (the broker then refuses requests), and the next open reads every entry again.
+    /// [`wait_checked`](Self::wait_checked) waits for it.
     pub fn open(dir: &Path, options: LogOptions, signing_key: &Key32) -> Result<AuditLog, Error> {
         check_origin(&options.origin)?;
         durable::create_private_dir(dir).map_err(|e| Error::io("create", dir, e))?;
@@ -372,20 +531,56 @@ impl AuditLog {
         }
         let signed_size = checkpoints.last().map_or(0, |c| c.checkpoint.size);
 
+        let mut prev = 0;
+        for (seq, c) in checkpoints.iter().enumerate() {
+            if c.checkpoint.size < prev {
+                return Err(Error::CheckpointMismatch { seq: seq as u64, what: "the tree shrank" });
+            }
+            prev = c.checkpoint.size;
+            if c.checkpoint.origin != options.origin {
+                return Err(Error::CheckpointMismatch { seq: seq as u64, what: "the root does not match the entries" });
+            }
+        }
+
         let entries_path = dir.join(store::ENTRIES_FILE);
         let entries_file = open_or_create(&entries_path, FileKind::Entries)?;
-        let mut tree = Tree::new();
-        let mut offsets = Vec::new();
-        let mut reader = RecordReader::new(&entries_file, FileKind::Entries)
-            .map_err(|e| Error::io("read", &entries_path, e))?
-            .ok_or_else(|| Error::UnknownFormat(entries_path.clone()))?;
-        let mut end = store::ENTRIES_HEADER.len() as u64;
+        if RecordReader::new(&entries_file, FileKind::Entries).map_err(|e| Error::io("read", &entries_path, e))?.is_none() {
+            return Err(Error::UnknownFormat(entries_path));
+        }
+
+        // The tree files, trusted up to their mark if it checks out; otherwise rebuilt from
+        // the first entry (the mark is only a shortcut: nothing is lost without it).
+        let (mut tree, mark) = TreeFiles::open(dir)?;
+        let trusted = match mark {
+            Some(m) => usable_mark(&mut tree, m, &checkpoints, &entries_file, &entries_path)?,
+            None => None,
+        };
+        let from = trusted.unwrap_or(Mark { size: 0, end: store::ENTRIES_HEADER.len() as u64 });
+        if trusted.is_none() && mark.is_some() {
+            tracing::warn!("audit log: the tree files do not match the entries; rebuilding them from every entry");
+        }
+        tree.reset_to(from.size, from.end)?;
+
+        // Read the entries after the mark: all of them when there is none.
+        let mut reader = RecordReader::resume(&entries_file, FileKind::Entries, from.end, from.size)
+            .map_err(|e| Error::io("read", &entries_path, e))?;
+        let mut read: Vec<(Hash, u64)> = Vec::new();
+        let mut end = from.end;
+        let add = |tree: &mut TreeFiles, read: &mut Vec<(Hash, u64)>, end: u64| -> Result<(), Error> {
+            let planned = tree.plan(read, end);
+            tree.write(&planned)?;
+            tree.publish(planned);
+            read.clear();
+            Ok(())
+        };
         loop {
             match reader.next_record().map_err(|e| Error::io("read", &entries_path, e))? {
                 Next::Record(r) => {
-                    tree.push_leaf_hash(r.hash);
-                    offsets.push(r.offset);
+                    read.push((r.hash, r.offset));
                     end = r.offset + RECORD_OVERHEAD + r.payload.len() as u64;
+                    if read.len() == 1 << 16 {
+                        add(&mut tree, &mut read, end)?;
+                    }
                 }
                 Next::Stop(s) => {
                     if s.seq < signed_size {
@@ -394,46 +589,72 @@ impl AuditLog {
                     let len = entries_file.metadata().map_err(|e| Error::io("stat", &entries_path, e))?.len();
                     truncate(&entries_file, &entries_path, s.offset)?;
                     recovery.push(Recovery { file: "entries", first_dropped: s.seq, dropped_bytes: len - s.offset });
-                    end = s.offset;
                     break;
                 }
                 Next::End => break,
             }
         }
+        add(&mut tree, &mut read, end)?;
+        drop(reader);
         if tree.size() < signed_size {
             return Err(Error::Corrupt { file: "entries", index: tree.size(), what: "entries covered by a signed checkpoint are missing" });
         }
-        let mut prev = 0;
+        // Checkpoints past the mark are checked now; those up to it by the background check.
+        let mut history = Vec::new();
         for (seq, c) in checkpoints.iter().enumerate() {
-            if c.checkpoint.size < prev {
-                return Err(Error::CheckpointMismatch { seq: seq as u64, what: "the tree shrank" });
+            if c.checkpoint.size <= from.size && from.size > 0 {
+                history.push((seq as u64, c.checkpoint.size, c.checkpoint.root));
+                continue;
             }
-            prev = c.checkpoint.size;
-            if c.checkpoint.origin != options.origin || tree.root(c.checkpoint.size) != Some(c.checkpoint.root) {
+            let root = root_of(&tree, c.checkpoint.size).map_err(|e| Error::io("read", &entries_path, e))?;
+            if root != Some(c.checkpoint.root) {
                 return Err(Error::CheckpointMismatch { seq: seq as u64, what: "the root does not match the entries" });
             }
         }
-        offsets.push(end);
 
         let reader = File::open(&entries_path).map_err(|e| Error::io("open", &entries_path, e))?;
         let next_seq = checkpoints.len() as u64;
+        let tree_sync = tree.syncer();
+        let streams = if from.size > 0 { Some(tree.stream()?) } else { None };
         let shared = Arc::new(Shared {
             entries_path,
             origin: options.origin.clone(),
             signer,
-            state: RwLock::new(State { tree, offsets, checkpoints }),
+            state: RwLock::new(State { tree, checkpoints }),
             reader,
             checkpoint_file: Mutex::new(CheckpointFile { file: cp_file, path: cp_path, next_seq }),
+            tree_sync,
             failed: AtomicBool::new(false),
+            checked: Mutex::new(if from.size > 0 { Checked::Running } else { Checked::Passed }),
+            checked_cv: std::sync::Condvar::new(),
+            closing: AtomicBool::new(false),
             _lock: lock,
         });
+        // Everything up to the mark was taken on trust from the tree files (checked only
+        // against the signed root of that size). Re-derive it from every record, off the
+        // opening path: if the history was altered, the log stops taking entries (see
+        // `check_history`).
+        let checker = match streams {
+            Some((nodes, offsets)) => {
+                let s = Arc::clone(&shared);
+                Some(
+                    std::thread::Builder::new()
+                        .name("cleave-audit-check".into())
+                        .spawn(move || check_history(s, nodes, offsets, from.size, history))
+                        .map_err(|e| Error::io("start the history check for", dir, e))?,
+                )
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("cleave-audit-writer".into())
             .spawn(move || writer_loop(writer_shared, entries_file, rx, options))
             .map_err(|e| Error::io("start writer thread for", dir, e))?;
-        let log = AuditLog { shared, tx: Some(tx), writer: Some(writer), recovery };
+        let read_on_open = read_state(&shared).tree.size() - from.size;
+        tracing::info!(entries = from.size + read_on_open, read = read_on_open, "audit log: opened");
+        let log = AuditLog { shared, tx: Some(tx), writer: Some(writer), checker, recovery, read_on_open };
         if let Some(r) = log.recovery.iter().find(|r| r.file == "entries") {
             tracing::warn!(first_dropped = r.first_dropped, bytes = r.dropped_bytes, "audit log: cut a torn tail after a crash");
             log.append(&Entry::new(
@@ -443,6 +664,27 @@ impl AuditLog {
             ))?;
         }
         Ok(log)
+    }
+
+    /// Blocks until the background check of the log's history (see [`open`](Self::open))
+    /// has finished, and returns its result: `Ok` when every entry up to the tree files'
+    /// mark was read and agrees with them and with every signed checkpoint; otherwise the
+    /// error that also stopped the log taking entries. Returns at once when opening read
+    /// every entry itself.
+    pub fn wait_checked(&self) -> Result<(), Error> {
+        let mut c = self.shared.checked.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match &*c {
+                Checked::Running => c = self.shared.checked_cv.wait(c).unwrap_or_else(|p| p.into_inner()),
+                Checked::Passed => return Ok(()),
+                Checked::Failed(h) => return Err(h.error()),
+            }
+        }
+    }
+
+    /// How many entries opening read: those after the tree files' mark, or all of them.
+    pub fn entries_read_on_open(&self) -> u64 {
+        self.read_on_open
     }
 
     /// What opening had to repair (empty after a clean shutdown).
@@ -541,22 +783,24 @@ impl AuditLog {
     /// The root hash of the first `size` entries.
     pub fn root(&self, size: u64) -> Result<Hash, Error> {
         let st = read_state(&self.shared);
-        st.tree.root(size).ok_or(Error::OutOfRange { what: "tree size", asked: size, size: st.tree.size() })
+        root_of(&st.tree, size)
+            .map_err(|e| Error::io("read", &self.shared.entries_path, e))?
+            .ok_or(Error::OutOfRange { what: "tree size", asked: size, size: st.tree.size() })
     }
 
     /// The RFC 9162 inclusion proof of entry `index` in the tree of `size` entries.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {
         let st = read_state(&self.shared);
-        st.tree
-            .inclusion_proof(index, size)
+        inclusion_proof_of(&st.tree, index, size)
+            .map_err(|e| Error::io("read", &self.shared.entries_path, e))?
             .ok_or(Error::OutOfRange { what: "leaf index or tree size", asked: index.max(size), size: st.tree.size() })
     }
 
     /// The RFC 9162 consistency proof between the trees of `old` and `new` entries.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, Error> {
         let st = read_state(&self.shared);
-        st.tree
-            .consistency_proof(old, new)
+        consistency_proof_of(&st.tree, old, new)
+            .map_err(|e| Error::io("read", &self.shared.entries_path, e))?
             .ok_or(Error::OutOfRange { what: "tree size", asked: old.max(new), size: st.tree.size() })
     }
 
@@ -606,17 +850,22 @@ impl Drop for AuditLog {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        self.shared.closing.store(true, Ordering::SeqCst);
+        if let Some(c) = self.checker.take() {
+            let _ = c.join();
+        }
     }
 }
 
 fn issue_checkpoint(shared: &Shared) -> Result<SignedCheckpoint, Error> {
     let mut cpf = lock_cp(shared);
-    let (size, root, latest) = {
+    // Nothing more is signed over a history found altered.
+    if let Checked::Failed(h) = &*shared.checked.lock().unwrap_or_else(|p| p.into_inner()) {
+        return Err(h.error());
+    }
+    let (size, root, end, latest) = {
         let st = read_state(shared);
-        let size = st.tree.size();
-        // Invariant: the root of the tree's own size always exists.
-        let root = st.tree.root(size).unwrap_or_default();
-        (size, root, st.checkpoints.last().cloned())
+        (st.tree.size(), st.tree.current_root(), st.tree.end(), st.checkpoints.last().cloned())
     };
     if let Some(l) = latest {
         if l.checkpoint.size == size {
@@ -631,6 +880,16 @@ fn issue_checkpoint(shared: &Shared) -> Result<SignedCheckpoint, Error> {
     cpf.file.sync_data().map_err(|e| Error::io("sync", &path, e))?;
     cpf.next_seq += 1;
     write_state(shared).checkpoints.push(signed.clone());
+    // The tree files are now good up to this signed size. Failing to record that costs only
+    // a longer next open, so it is logged, not returned: the checkpoint itself is stored.
+    // While the history check is running or has failed, the old mark stays (it is what that
+    // check vouches for) or is gone (the next open must read everything).
+    let checked = matches!(*shared.checked.lock().unwrap_or_else(|p| p.into_inner()), Checked::Passed);
+    if checked {
+        if let Err(e) = shared.tree_sync.sync_and_mark(Mark { size, end }) {
+            tracing::warn!(error = %e, "audit log: could not record the tree files' durable size; the next open reads more entries");
+        }
+    }
     Ok(signed)
 }
 
@@ -666,9 +925,19 @@ fn writer_loop(shared: Arc<Shared>, mut file: File, rx: mpsc::Receiver<Request>,
                     Err(_) => break,
                 }
             }
+            let halted = match &*shared.checked.lock().unwrap_or_else(|p| p.into_inner()) {
+                Checked::Failed(h) => Some(h.clone()),
+                _ => None,
+            };
+            if let Some(h) = halted {
+                for r in batch.drain(..) {
+                    r.reply.send(Err(h.error()));
+                }
+                continue;
+            }
             let (start, mut offset) = {
                 let st = read_state(&shared);
-                (st.tree.size(), st.offsets.last().copied().unwrap_or(0))
+                (st.tree.size(), st.tree.end())
             };
             buf.clear();
             let mut added = Vec::with_capacity(count);
@@ -683,8 +952,19 @@ fn writer_loop(shared: Arc<Shared>, mut file: File, rx: mpsc::Receiver<Request>,
                     index += 1;
                 }
             }
-            let written = file.write_all(&buf).and_then(|()| file.sync_data());
-            if let Err(e) = written {
+            // The tree files first: if they cannot be written, nothing of the batch is.
+            let planned = {
+                let st = read_state(&shared);
+                let planned = st.tree.plan(&added, offset);
+                st.tree.write(&planned).map(|()| planned)
+            };
+            let written = match planned {
+                Ok(p) => file.write_all(&buf).and_then(|()| file.sync_data()).map(|()| p),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let planned = match written {
+                Ok(p) => p,
+                Err(e) => {
                 // The file may now end in part of this batch; nothing more may follow it.
                 // Reopening cuts it (none of it was acknowledged).
                 tracing::error!(error = %e, "audit log: write failed; the writer stops");
@@ -693,16 +973,9 @@ fn writer_loop(shared: Arc<Shared>, mut file: File, rx: mpsc::Receiver<Request>,
                     r.reply.send(Err(Error::io("append to", &shared.entries_path, std::io::Error::new(e.kind(), e.to_string()))));
                 }
                 break;
-            }
-            {
-                let mut st = write_state(&shared);
-                st.offsets.pop();
-                for (hash, off) in &added {
-                    st.tree.push_leaf_hash(*hash);
-                    st.offsets.push(*off);
                 }
-                st.offsets.push(offset);
-            }
+            };
+            write_state(&shared).tree.publish(planned);
             since_checkpoint += count as u64;
             for (r, first_index) in batch.drain(..).zip(firsts) {
                 r.reply.send(Ok(first_index));

@@ -156,6 +156,15 @@ impl<R: Read> RecordReader<R> {
         Ok(Some(RecordReader { inner, kind, offset: header.len() as u64, next_seq: 0, stopped: false }))
     }
 
+    /// Start at byte `offset`, expecting record `seq` there (the header is not read again).
+    pub(crate) fn resume(mut reader: R, kind: FileKind, offset: u64, seq: u64) -> std::io::Result<Self>
+    where
+        R: std::io::Seek,
+    {
+        reader.seek(std::io::SeekFrom::Start(offset))?;
+        Ok(RecordReader { inner: BufReader::with_capacity(1 << 16, reader), kind, offset, next_seq: seq, stopped: false })
+    }
+
     pub(crate) fn next_record(&mut self) -> std::io::Result<Next> {
         if self.stopped {
             return Ok(Next::End);

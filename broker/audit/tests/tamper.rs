@@ -56,10 +56,7 @@ fn edited_entry_byte_is_named_and_the_log_refuses_to_open() {
     bytes[rec.offset + 12 + 30] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
     assert!(matches!(first_problem(dir.path(), &v, None), Problem::EntryDamaged { index: 37, .. }));
-    assert!(matches!(
-        AuditLog::open(dir.path(), manual_options(), &signing_key()),
-        Err(Error::Corrupt { file: "entries", index: 37, .. })
-    ));
+    refused_once_checked(dir.path(), |e| matches!(e, Error::Corrupt { file: "entries", index: 37, .. }));
 }
 
 #[test]
@@ -75,10 +72,23 @@ fn edited_entry_with_recomputed_record_hash_is_caught_by_the_covering_checkpoint
     rewrite(&dir.path().join("entries.log"), ENTRIES_HEADER, &recs);
     // Checkpoints at 25 and 40: the change is pinned to [25, 40).
     assert_eq!(first_problem(dir.path(), &v, None), Problem::RootMismatch { seq: 2, from: 25, to: 40 });
-    assert!(matches!(
-        AuditLog::open(dir.path(), manual_options(), &signing_key()),
-        Err(Error::CheckpointMismatch { seq: 2, .. })
-    ));
+    refused_once_checked(dir.path(), |e| matches!(e, Error::CheckpointMismatch { seq: 2, .. }));
+}
+
+/// An edit below the tree files' mark (`nodes.rs`). Opening reads only what follows the
+/// mark, so the log opens; its background check of the history finds the edit; every later
+/// append is refused with that same error (a broker then refuses requests); and the next
+/// open, which reads every entry again because the mark was withdrawn, refuses to open.
+fn refused_once_checked(dir: &std::path::Path, is_it: impl Fn(&Error) -> bool) {
+    let log = AuditLog::open(dir, manual_options(), &signing_key()).expect("the log opens from its tree files");
+    let found = log.wait_checked().expect_err("the history check finds the edit");
+    assert!(is_it(&found), "{found}");
+    let refused = log.append(&entry(N)).expect_err("no entry is taken once the check failed");
+    assert!(is_it(&refused), "{refused}");
+    drop(log);
+    assert!(!dir.join("tree.json").exists(), "the mark is withdrawn");
+    let again = AuditLog::open(dir, manual_options(), &signing_key()).expect_err("the next open reads every entry and refuses");
+    assert!(is_it(&again), "{again}");
 }
 
 #[test]
