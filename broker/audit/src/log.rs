@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{check_origin, note_text, Checkpoint, CheckpointSigner, CheckpointVerifier, SignedCheckpoint};
 use crate::entry::{Actor, ActorKind, Entry, Operation, Outcome, OutcomeClass, ResourceRef, Timestamp};
 use crate::merkle::{consistency_proof_of, inclusion_proof_of, root_of, Hash};
-use crate::nodes::{Mark, Peaks, Syncer, TreeFiles};
+use crate::nodes::{Mark, Peaks, Streams, Syncer, TreeFiles};
 use crate::pending::{Completion, PendingAppend, Responder};
 use crate::store::{self, encode_record, encode_record_hashed, Damage, FileKind, Next, RecordReader, RECORD_OVERHEAD};
 use crate::Error;
@@ -152,7 +152,10 @@ struct Meta {
 struct State {
     /// The tree, on disk; memory holds its right edge only (`nodes.rs`).
     tree: TreeFiles,
-    checkpoints: Vec<SignedCheckpoint>,
+    /// The newest checkpoint, and how many there are; the others are read from
+    /// `checkpoints.log` through the index in the tree files when asked for.
+    latest: Option<SignedCheckpoint>,
+    checkpoint_count: u64,
 }
 
 /// Why the log stopped taking entries after it opened: the background check of its
@@ -194,6 +197,8 @@ struct CheckpointFile {
     file: File,
     path: PathBuf,
     next_seq: u64,
+    /// Byte offset just after the last record.
+    end: u64,
 }
 
 struct Shared {
@@ -203,6 +208,8 @@ struct Shared {
     state: RwLock<State>,
     reader: File,
     checkpoint_file: Mutex<CheckpointFile>,
+    /// `checkpoints.log`, for reading stored checkpoints without the writer's lock.
+    checkpoints_path: PathBuf,
     /// Makes the tree files durable when a checkpoint is issued.
     tree_sync: Syncer,
     failed: AtomicBool,
@@ -340,25 +347,123 @@ fn truncate(file: &File, path: &Path, len: u64) -> Result<(), Error> {
     file.sync_all().map_err(|e| Error::io("sync", path, e))
 }
 
-/// The tree files' mark, if they can be trusted up to it: a signed checkpoint of exactly
-/// that size exists, the files give its root, and the last record they point at is intact,
+/// The checkpoints as opening reads them.
+struct CheckpointsRead {
+    /// The mark's last checkpoint, when reading started there (after checking that its
+    /// record is where the index says, intact, ends where the mark says and is of the
+    /// mark's size); `None` when reading started at the first checkpoint.
+    base: Option<SignedCheckpoint>,
+    /// (sequence number, size, root) of each checkpoint read after `base` (or of all).
+    read: Vec<(u64, u64, Hash)>,
+    latest: Option<SignedCheckpoint>,
+    count: u64,
+    /// Byte offset just after the last record.
+    end: u64,
+}
+
+fn parse_checkpoint(seq: u64, payload: Vec<u8>, origin: &str) -> Result<SignedCheckpoint, Error> {
+    let note = String::from_utf8(payload).map_err(|_| Error::CheckpointMismatch { seq, what: "not UTF-8" })?;
+    let checkpoint = note_text(&note)
+        .and_then(|t| Checkpoint::parse_body(t).ok())
+        .ok_or(Error::CheckpointMismatch { seq, what: "malformed" })?;
+    if checkpoint.origin != origin {
+        return Err(Error::CheckpointMismatch { seq, what: "the root does not match the entries" });
+    }
+    Ok(SignedCheckpoint { checkpoint, note })
+}
+
+/// Reads `checkpoints.log` from the mark's last checkpoint if it holds up, else from the
+/// first, indexing every checkpoint read in the tree files and cutting a torn last record.
+/// Only the newest checkpoint, and the (sequence, size, root) of those read, are kept.
+fn read_checkpoints(
+    file: &File,
+    path: &Path,
+    origin: &str,
+    tree: &TreeFiles,
+    mark: Option<Mark>,
+    recovery: &mut Vec<Recovery>,
+) -> Result<CheckpointsRead, Error> {
+    let io = |e: std::io::Error| Error::io("read", path, e);
+    let mut start = None;
+    if let Some(m) = mark.filter(|m| m.checkpoints > 0) {
+        if tree.holds_checkpoints(m.checkpoints)? {
+            let seq = m.checkpoints - 1;
+            let mut r = RecordReader::resume(file, FileKind::Checkpoints, tree.checkpoint_offset(seq)?, seq).map_err(io)?;
+            if let Next::Record(rec) = r.next_record().map_err(io)? {
+                let ends = rec.offset + RECORD_OVERHEAD + rec.payload.len() as u64;
+                match parse_checkpoint(seq, rec.payload, origin) {
+                    Ok(cp) if ends == m.checkpoints_end && cp.checkpoint.size == m.size => start = Some((r, cp, m)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let (mut reader, base, mut count, mut end) = match start {
+        Some((r, cp, m)) => {
+            tree.reset_checkpoints(m.checkpoints)?;
+            (r, Some(cp), m.checkpoints, m.checkpoints_end)
+        }
+        None => {
+            tree.reset_checkpoints(0)?;
+            // The handle may have been moved by the attempt above.
+            std::io::Seek::seek(&mut &*file, std::io::SeekFrom::Start(0)).map_err(io)?;
+            let r = RecordReader::new(file, FileKind::Checkpoints).map_err(io)?.ok_or_else(|| Error::UnknownFormat(path.to_owned()))?;
+            (r, None, 0, store::CHECKPOINTS_HEADER.len() as u64)
+        }
+    };
+    // Index offsets are written in runs, not one `pwrite` per checkpoint.
+    let (mut run, mut run_from) = (Vec::new(), count);
+    let mut read = Vec::new();
+    let mut latest = base.clone();
+    loop {
+        match reader.next_record().map_err(io)? {
+            Next::Record(r) => {
+                let (seq, offset) = (r.seq, r.offset);
+                end = offset + RECORD_OVERHEAD + r.payload.len() as u64;
+                let cp = parse_checkpoint(seq, r.payload, origin)?;
+                read.push((seq, cp.checkpoint.size, cp.checkpoint.root));
+                latest = Some(cp);
+                run.extend_from_slice(&offset.to_be_bytes());
+                count = seq + 1;
+                if run.len() >= 1 << 19 {
+                    tree.put_checkpoints(run_from, &run)?;
+                    (run_from, run) = (count, Vec::new());
+                }
+            }
+            Next::Stop(s) => {
+                let torn = s.at_end && matches!(s.damage, Damage::Incomplete | Damage::HashMismatch);
+                if !torn {
+                    return Err(Error::Corrupt { file: "checkpoints", index: s.seq, what: s.damage.describe() });
+                }
+                let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+                truncate(file, path, s.offset)?;
+                recovery.push(Recovery { file: "checkpoints", first_dropped: s.seq, dropped_bytes: len - s.offset });
+                break;
+            }
+            Next::End => break,
+        }
+    }
+    tree.put_checkpoints(run_from, &run)?;
+    Ok(CheckpointsRead { base, read, latest, count, end })
+}
+
+/// The tree files' mark, if they can be trusted up to it: the mark's last checkpoint (of
+/// exactly that size, root `signed_root`, found by `read_checkpoints`) exists, the files
+/// give its root, and the last record they point at is intact,
 /// is the leaf they hold, and ends where the mark says. Leaves `tree` at the mark's size.
 fn usable_mark(
     tree: &mut TreeFiles,
     mark: Mark,
-    checkpoints: &[SignedCheckpoint],
+    signed_root: &Hash,
     entries: &File,
     entries_path: &Path,
 ) -> Result<Option<Mark>, Error> {
-    let Some(signed) = checkpoints.iter().rev().find(|c| c.checkpoint.size == mark.size) else {
-        return Ok(None);
-    };
     let len = entries.metadata().map_err(|e| Error::io("stat", entries_path, e))?.len();
     if mark.size == 0 || mark.end > len || !tree.holds(mark.size)? {
         return Ok(None);
     }
     tree.reset_to(mark.size, mark.end)?;
-    if tree.current_root() != signed.checkpoint.root {
+    if tree.current_root() != *signed_root {
         return Ok(None);
     }
     let last = mark.size - 1;
@@ -371,18 +476,53 @@ fn usable_mark(
     })
 }
 
-/// The background check: re-derives the tree and the record offsets from every entry up
-/// to `size`, compares them with the tree files read in the same order, and checks each
-/// signed checkpoint in `history` (sequence number, size, root) on the way. On any
-/// difference the log stops taking entries and the mark is withdrawn, so the next open
-/// reads every entry and names the damage itself.
-fn check_history(
-    shared: Arc<Shared>,
-    mut nodes: std::io::BufReader<File>,
-    mut offsets: std::io::BufReader<File>,
+/// The first `count` checkpoints read front to back for the background check, each record
+/// checked, compared with the index, parsed, and held to a size that never shrinks.
+struct CheckpointStream<'a> {
+    reader: RecordReader<File>,
+    index: &'a mut std::io::BufReader<File>,
+    origin: &'a str,
+    left: u64,
+    /// The sequence number expected next.
+    seq: u64,
     size: u64,
-    history: Vec<(u64, u64, Hash)>,
-) {
+    /// The first checkpoint whose indexed place differs from where it is.
+    index_differs: Option<u64>,
+}
+
+impl CheckpointStream<'_> {
+    /// The next checkpoint as (sequence number, size, root), `None` after `count`.
+    fn next(&mut self, path: &Path) -> Result<Option<(u64, u64, Hash)>, Error> {
+        use std::io::Read;
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let r = match self.reader.next_record().map_err(|e| Error::io("read", path, e))? {
+            Next::Record(r) => r,
+            Next::Stop(s) => return Err(Error::Corrupt { file: "checkpoints", index: s.seq, what: s.damage.describe() }),
+            Next::End => return Err(Error::Corrupt { file: "checkpoints", index: self.seq, what: "checkpoints the mark covers are missing" }),
+        };
+        let mut at = [0u8; 8];
+        if (self.index.read_exact(&mut at).is_err() || u64::from_be_bytes(at) != r.offset) && self.index_differs.is_none() {
+            self.index_differs = Some(r.seq);
+        }
+        let cp = parse_checkpoint(r.seq, r.payload, self.origin)?;
+        if cp.checkpoint.size < self.size {
+            return Err(Error::CheckpointMismatch { seq: r.seq, what: "the tree shrank" });
+        }
+        self.size = cp.checkpoint.size;
+        self.left -= 1;
+        self.seq += 1;
+        Ok(Some((r.seq, cp.checkpoint.size, cp.checkpoint.root)))
+    }
+}
+
+/// The background check: re-derives the tree, the record offsets and the checkpoint index
+/// from every entry up to `size` and the first `checkpoints` checkpoints, compares them with
+/// the tree files read in the same order, and checks each checkpoint's root on the way. On
+/// any difference the log stops taking entries and the mark is withdrawn, so the next open
+/// reads everything and names the damage itself.
+fn check_history(shared: Arc<Shared>, mut streams: Streams, size: u64, checkpoints: u64) {
     use std::io::Read;
     let started = Instant::now();
     let mut run = || -> Result<bool, Error> {
@@ -391,8 +531,28 @@ fn check_history(
         let mut reader = RecordReader::new(file, FileKind::Entries)
             .map_err(|e| Error::io("read", path, e))?
             .ok_or_else(|| Error::UnknownFormat(path.clone()))?;
+        let cp_path = &shared.checkpoints_path;
+        let cp_file = File::open(cp_path).map_err(|e| Error::io("open", cp_path, e))?;
+        let mut cps = CheckpointStream {
+            reader: RecordReader::new(cp_file, FileKind::Checkpoints)
+                .map_err(|e| Error::io("read", cp_path, e))?
+                .ok_or_else(|| Error::UnknownFormat(cp_path.clone()))?,
+            index: &mut streams.checkpoints,
+            origin: &shared.origin,
+            left: checkpoints,
+            seq: 0,
+            size: 0,
+            index_differs: None,
+        };
+        let mut next_cp = cps.next(cp_path)?;
         let mut peaks = Peaks::default();
-        let mut history = history.iter().peekable();
+        // A checkpoint of the empty log.
+        while let Some((seq, 0, root)) = next_cp {
+            if root != crate::merkle::empty_root() {
+                return Err(Error::CheckpointMismatch { seq, what: "the root does not match the entries" });
+            }
+            next_cp = cps.next(cp_path)?;
+        }
         // The first leaf at which the tree files differ from the entries. Which of the two
         // is wrong shows at the next signed root: the entries, if they no longer give it.
         let mut files_differ: Option<u64> = None;
@@ -406,19 +566,29 @@ fn check_history(
                 Next::Stop(s) => return Err(Error::Corrupt { file: "entries", index: s.seq, what: s.damage.describe() }),
                 Next::End => return Err(Error::Corrupt { file: "entries", index, what: "entries covered by a signed checkpoint are missing" }),
             };
-            let mut same = offsets.read_exact(&mut off).is_ok() && u64::from_be_bytes(off) == r.offset;
-            peaks.push(r.hash, |h| same &= nodes.read_exact(&mut stored).is_ok() && stored == *h);
+            let mut same = streams.offsets.read_exact(&mut off).is_ok() && u64::from_be_bytes(off) == r.offset;
+            peaks.push(r.hash, |h| same &= streams.nodes.read_exact(&mut stored).is_ok() && stored == *h);
             if !same && files_differ.is_none() {
                 files_differ = Some(index);
             }
-            while let Some((seq, _, root)) = history.next_if(|(_, s, _)| *s == index + 1) {
-                if peaks.root() != *root {
-                    return Err(Error::CheckpointMismatch { seq: *seq, what: "the root does not match the entries" });
+            while let Some((seq, cp_size, root)) = next_cp {
+                if cp_size != index + 1 {
+                    break;
                 }
+                if peaks.root() != root {
+                    return Err(Error::CheckpointMismatch { seq, what: "the root does not match the entries" });
+                }
+                next_cp = cps.next(cp_path)?;
             }
+        }
+        if let Some((seq, _, _)) = next_cp {
+            return Err(Error::CheckpointMismatch { seq, what: "the checkpoint is larger than the tree files' mark" });
         }
         if let Some(index) = files_differ {
             return Err(Error::Corrupt { file: "tree", index, what: "the tree files differ from the entries; the next open rebuilds them" });
+        }
+        if let Some(seq) = cps.index_differs {
+            return Err(Error::Corrupt { file: "tree", index: seq, what: "the checkpoint index differs from the checkpoints; the next open rebuilds it" });
         }
         Ok(true)
     };
@@ -426,7 +596,7 @@ fn check_history(
     let mut checked = shared.checked.lock().unwrap_or_else(|p| p.into_inner());
     match outcome {
         Ok(true) => {
-            tracing::info!(entries = size, seconds = started.elapsed().as_secs(), "audit log: history checked");
+            tracing::info!(entries = size, checkpoints, seconds = started.elapsed().as_secs(), "audit log: history checked");
             *checked = Checked::Passed;
         }
         Ok(false) => {}
@@ -490,57 +660,12 @@ impl AuditLog {
         let verifier = signer.verifier();
         let mut recovery = Vec::new();
 
-        // Checkpoints first: they decide how much of the entries file may be cut.
+        // Checkpoints first: they decide how much of the entries file may be cut. Read from
+        // the tree files' mark when it holds up (see `read_checkpoints`).
         let cp_path = dir.join(store::CHECKPOINTS_FILE);
         let cp_file = open_or_create(&cp_path, FileKind::Checkpoints)?;
-        let mut checkpoints: Vec<SignedCheckpoint> = Vec::new();
-        let mut reader = RecordReader::new(&cp_file, FileKind::Checkpoints)
-            .map_err(|e| Error::io("read", &cp_path, e))?
-            .ok_or_else(|| Error::UnknownFormat(cp_path.clone()))?;
-        loop {
-            match reader.next_record().map_err(|e| Error::io("read", &cp_path, e))? {
-                Next::Record(r) => {
-                    let note = String::from_utf8(r.payload)
-                        .map_err(|_| Error::CheckpointMismatch { seq: r.seq, what: "not UTF-8" })?;
-                    let checkpoint = note_text(&note)
-                        .and_then(|t| Checkpoint::parse_body(t).ok())
-                        .ok_or(Error::CheckpointMismatch { seq: r.seq, what: "malformed" })?;
-                    checkpoints.push(SignedCheckpoint { checkpoint, note });
-                }
-                Next::Stop(s) => {
-                    let torn = s.at_end && matches!(s.damage, Damage::Incomplete | Damage::HashMismatch);
-                    if !torn {
-                        return Err(Error::Corrupt { file: "checkpoints", index: s.seq, what: s.damage.describe() });
-                    }
-                    let len = cp_file.metadata().map_err(|e| Error::io("stat", &cp_path, e))?.len();
-                    truncate(&cp_file, &cp_path, s.offset)?;
-                    recovery.push(Recovery { file: "checkpoints", first_dropped: s.seq, dropped_bytes: len - s.offset });
-                    break;
-                }
-                Next::End => break,
-            }
-        }
-        // Checking every signature of a long-lived log would make opening slow; the newest
-        // one vouches for all the others through the roots checked below, and the auditor's
-        // verification checks them all.
-        if let Some(last) = checkpoints.last() {
-            let seq = checkpoints.len() as u64 - 1;
-            if verifier.verify(&last.note).ok().as_ref() != Some(&last.checkpoint) {
-                return Err(Error::CheckpointMismatch { seq, what: "not signed by this log's key" });
-            }
-        }
-        let signed_size = checkpoints.last().map_or(0, |c| c.checkpoint.size);
-
-        let mut prev = 0;
-        for (seq, c) in checkpoints.iter().enumerate() {
-            if c.checkpoint.size < prev {
-                return Err(Error::CheckpointMismatch { seq: seq as u64, what: "the tree shrank" });
-            }
-            prev = c.checkpoint.size;
-            if c.checkpoint.origin != options.origin {
-                return Err(Error::CheckpointMismatch { seq: seq as u64, what: "the root does not match the entries" });
-            }
-        }
+        let (mut tree, mark) = TreeFiles::open(dir)?;
+        let mut cps = read_checkpoints(&cp_file, &cp_path, &options.origin, &tree, mark, &mut recovery)?;
 
         let entries_path = dir.join(store::ENTRIES_FILE);
         let entries_file = open_or_create(&entries_path, FileKind::Entries)?;
@@ -550,12 +675,31 @@ impl AuditLog {
 
         // The tree files, trusted up to their mark if it checks out; otherwise rebuilt from
         // the first entry (the mark is only a shortcut: nothing is lost without it).
-        let (mut tree, mark) = TreeFiles::open(dir)?;
-        let trusted = match mark {
-            Some(m) => usable_mark(&mut tree, m, &checkpoints, &entries_file, &entries_path)?,
-            None => None,
+        let trusted = match (mark, &cps.base) {
+            (Some(m), Some(base)) => usable_mark(&mut tree, m, &base.checkpoint.root, &entries_file, &entries_path)?,
+            _ => None,
         };
-        let from = trusted.unwrap_or(Mark { size: 0, end: store::ENTRIES_HEADER.len() as u64 });
+        if trusted.is_none() && cps.base.is_some() {
+            // Every entry is read, so every checkpoint's root must be checked against them.
+            cps = read_checkpoints(&cp_file, &cp_path, &options.origin, &tree, None, &mut recovery)?;
+        }
+        // Checking every signature of a long-lived log would make opening slow; the newest
+        // one vouches for all the others through the roots checked below, and the auditor's
+        // verification checks them all.
+        if let Some(last) = &cps.latest {
+            if verifier.verify(&last.note).ok().as_ref() != Some(&last.checkpoint) {
+                return Err(Error::CheckpointMismatch { seq: cps.count - 1, what: "not signed by this log's key" });
+            }
+        }
+        let signed_size = cps.latest.as_ref().map_or(0, |c| c.checkpoint.size);
+        let mut prev = cps.base.as_ref().map_or(0, |b| b.checkpoint.size);
+        for (seq, size, _) in &cps.read {
+            if *size < prev {
+                return Err(Error::CheckpointMismatch { seq: *seq, what: "the tree shrank" });
+            }
+            prev = *size;
+        }
+        let from = trusted.unwrap_or(Mark { size: 0, end: store::ENTRIES_HEADER.len() as u64, checkpoints: 0, checkpoints_end: 0 });
         if trusted.is_none() && mark.is_some() {
             tracing::warn!("audit log: the tree files do not match the entries; rebuilding them from every entry");
         }
@@ -600,29 +744,29 @@ impl AuditLog {
             return Err(Error::Corrupt { file: "entries", index: tree.size(), what: "entries covered by a signed checkpoint are missing" });
         }
         // Checkpoints past the mark are checked now; those up to it by the background check.
-        let mut history = Vec::new();
-        for (seq, c) in checkpoints.iter().enumerate() {
-            if c.checkpoint.size <= from.size && from.size > 0 {
-                history.push((seq as u64, c.checkpoint.size, c.checkpoint.root));
+        for (seq, size, signed_root) in &cps.read {
+            if from.size > 0 && *size <= from.size {
                 continue;
             }
-            let root = root_of(&tree, c.checkpoint.size).map_err(|e| Error::io("read", &entries_path, e))?;
-            if root != Some(c.checkpoint.root) {
-                return Err(Error::CheckpointMismatch { seq: seq as u64, what: "the root does not match the entries" });
+            let root = root_of(&tree, *size).map_err(|e| Error::io("read", &entries_path, e))?;
+            if root.as_ref() != Some(signed_root) {
+                return Err(Error::CheckpointMismatch { seq: *seq, what: "the root does not match the entries" });
             }
         }
+        let history_checkpoints = trusted.map_or(0, |m| m.checkpoints);
 
         let reader = File::open(&entries_path).map_err(|e| Error::io("open", &entries_path, e))?;
-        let next_seq = checkpoints.len() as u64;
+        let (next_seq, cp_end) = (cps.count, cps.end);
         let tree_sync = tree.syncer();
         let streams = if from.size > 0 { Some(tree.stream()?) } else { None };
         let shared = Arc::new(Shared {
             entries_path,
             origin: options.origin.clone(),
             signer,
-            state: RwLock::new(State { tree, checkpoints }),
+            state: RwLock::new(State { tree, latest: cps.latest, checkpoint_count: cps.count }),
             reader,
-            checkpoint_file: Mutex::new(CheckpointFile { file: cp_file, path: cp_path, next_seq }),
+            checkpoint_file: Mutex::new(CheckpointFile { file: cp_file, path: cp_path.clone(), next_seq, end: cp_end }),
+            checkpoints_path: cp_path,
             tree_sync,
             failed: AtomicBool::new(false),
             checked: Mutex::new(if from.size > 0 { Checked::Running } else { Checked::Passed }),
@@ -635,12 +779,12 @@ impl AuditLog {
         // opening path: if the history was altered, the log stops taking entries (see
         // `check_history`).
         let checker = match streams {
-            Some((nodes, offsets)) => {
+            Some(streams) => {
                 let s = Arc::clone(&shared);
                 Some(
                     std::thread::Builder::new()
                         .name("cleave-audit-check".into())
-                        .spawn(move || check_history(s, nodes, offsets, from.size, history))
+                        .spawn(move || check_history(s, streams, from.size, history_checkpoints))
                         .map_err(|e| Error::io("start the history check for", dir, e))?,
                 )
             }
@@ -765,19 +909,35 @@ impl AuditLog {
 
     /// The newest checkpoint, if any was issued.
     pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
-        read_state(&self.shared).checkpoints.last().cloned()
+        read_state(&self.shared).latest.clone()
     }
 
     /// Stored checkpoints from sequence number `start`, at most `limit`.
-    pub fn checkpoints(&self, start: u64, limit: usize) -> Vec<RawCheckpoint> {
-        let st = read_state(&self.shared);
-        st.checkpoints
-            .iter()
-            .enumerate()
-            .skip(usize::try_from(start).unwrap_or(usize::MAX))
-            .take(limit)
-            .map(|(seq, c)| RawCheckpoint { seq: seq as u64, note: c.note.clone() })
-            .collect()
+    /// Read from `checkpoints.log` through the tree files' index; each record is checked.
+    pub fn checkpoints(&self, start: u64, limit: usize) -> Result<Vec<RawCheckpoint>, Error> {
+        let (end, first) = {
+            let st = read_state(&self.shared);
+            let end = start.saturating_add(limit as u64).min(st.checkpoint_count);
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            (end, st.tree.checkpoint_offset(start)?)
+        };
+        let path = &self.shared.checkpoints_path;
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let mut reader = RecordReader::resume(file, FileKind::Checkpoints, first, start).map_err(|e| Error::io("read", path, e))?;
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for seq in start..end {
+            match reader.next_record().map_err(|e| Error::io("read", path, e))? {
+                Next::Record(r) => {
+                    let note = String::from_utf8(r.payload).map_err(|_| Error::CheckpointMismatch { seq, what: "not UTF-8" })?;
+                    out.push(RawCheckpoint { seq, note });
+                }
+                Next::Stop(s) => return Err(Error::Corrupt { file: "checkpoints", index: s.seq, what: s.damage.describe() }),
+                Next::End => return Err(Error::Corrupt { file: "checkpoints", index: seq, what: "the file ends before the checkpoint" }),
+            }
+        }
+        Ok(out)
     }
 
     /// The root hash of the first `size` entries.
@@ -865,7 +1025,7 @@ fn issue_checkpoint(shared: &Shared) -> Result<SignedCheckpoint, Error> {
     }
     let (size, root, end, latest) = {
         let st = read_state(shared);
-        (st.tree.size(), st.tree.current_root(), st.tree.end(), st.checkpoints.last().cloned())
+        (st.tree.size(), st.tree.current_root(), st.tree.end(), st.latest.clone())
     };
     if let Some(l) = latest {
         if l.checkpoint.size == size {
@@ -878,15 +1038,31 @@ fn issue_checkpoint(shared: &Shared) -> Result<SignedCheckpoint, Error> {
     let path = cpf.path.clone();
     cpf.file.write_all(&buf).map_err(|e| Error::io("write", &path, e))?;
     cpf.file.sync_data().map_err(|e| Error::io("sync", &path, e))?;
+    let (seq, at) = (cpf.next_seq, cpf.end);
     cpf.next_seq += 1;
-    write_state(shared).checkpoints.push(signed.clone());
+    cpf.end += buf.len() as u64;
+    let indexed = {
+        let mut st = write_state(shared);
+        st.latest = Some(signed.clone());
+        st.checkpoint_count = cpf.next_seq;
+        st.tree.put_checkpoint(seq, at)
+    };
+    if let Err(e) = indexed {
+        // The checkpoint is stored; only its place in the index is not. Listing it fails
+        // (the record found there is checked) until the next open rebuilds the index.
+        tracing::error!(error = %e, "audit log: could not index a checkpoint; the next open rebuilds the index");
+        if let Err(u) = shared.tree_sync.unmark() {
+            tracing::error!(error = %u, "audit log: could not withdraw the tree files' mark");
+        }
+        return Ok(signed);
+    }
     // The tree files are now good up to this signed size. Failing to record that costs only
     // a longer next open, so it is logged, not returned: the checkpoint itself is stored.
     // While the history check is running or has failed, the old mark stays (it is what that
     // check vouches for) or is gone (the next open must read everything).
     let checked = matches!(*shared.checked.lock().unwrap_or_else(|p| p.into_inner()), Checked::Passed);
     if checked {
-        if let Err(e) = shared.tree_sync.sync_and_mark(Mark { size, end }) {
+        if let Err(e) = shared.tree_sync.sync_and_mark(Mark { size, end, checkpoints: cpf.next_seq, checkpoints_end: cpf.end }) {
             tracing::warn!(error = %e, "audit log: could not record the tree files' durable size; the next open reads more entries");
         }
     }

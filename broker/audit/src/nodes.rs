@@ -27,6 +27,7 @@ use crate::Error;
 
 pub(crate) const NODES_FILE: &str = "tree.nodes";
 pub(crate) const OFFSETS_FILE: &str = "tree.offsets";
+pub(crate) const CHECKPOINT_INDEX_FILE: &str = "tree.checkpoints";
 pub(crate) const TREE_META_FILE: &str = "tree.json";
 const TREE_FORMAT: &str = "cleave-audit-tree/1";
 const HASH_LEN: u64 = 32;
@@ -47,11 +48,15 @@ pub(crate) fn node_count(leaves: u64) -> u64 {
 }
 
 /// `tree.json`: the tree files are durable and right for the first `size` entries, whose
-/// records end at byte `end` of `entries.log`.
+/// records end at byte `end` of `entries.log`, and for the first `checkpoints` checkpoints,
+/// whose records end at byte `checkpoints_end` of `checkpoints.log`; the last of those
+/// checkpoints is of `size` entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Mark {
     pub size: u64,
     pub end: u64,
+    pub checkpoints: u64,
+    pub checkpoints_end: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,6 +65,8 @@ struct MetaFile {
     format: String,
     size: u64,
     end: u64,
+    checkpoints: u64,
+    checkpoints_end: u64,
 }
 
 /// The peaks of the tree: for every set bit `k` of the size, the hash of the complete
@@ -118,6 +125,10 @@ pub(crate) struct TreeFiles {
     nodes_path: PathBuf,
     offsets: Arc<File>,
     offsets_path: PathBuf,
+    /// `tree.checkpoints`: one `u64be` per checkpoint, its record's offset in
+    /// `checkpoints.log`.
+    cps: Arc<File>,
+    cps_path: PathBuf,
     meta_path: PathBuf,
     peaks: Peaks,
     /// Byte offset in `entries.log` just after the last published record.
@@ -138,6 +149,7 @@ impl TreeFiles {
         };
         let (nodes, nodes_path) = open(NODES_FILE)?;
         let (offsets, offsets_path) = open(OFFSETS_FILE)?;
+        let (cps, cps_path) = open(CHECKPOINT_INDEX_FILE)?;
         let meta_path = dir.join(TREE_META_FILE);
         // A missing, unreadable or unknown mark means: trust nothing, rebuild. The files are
         // derived, so rebuilding is always possible and never loses anything.
@@ -145,8 +157,9 @@ impl TreeFiles {
             .ok()
             .and_then(|b| serde_json::from_slice::<MetaFile>(&b).ok())
             .filter(|m| m.format == TREE_FORMAT)
-            .map(|m| Mark { size: m.size, end: m.end });
-        let files = TreeFiles { nodes, nodes_path, offsets, offsets_path, meta_path, peaks: Peaks::default(), end: 0 };
+            .map(|m| Mark { size: m.size, end: m.end, checkpoints: m.checkpoints, checkpoints_end: m.checkpoints_end });
+        let files =
+            TreeFiles { nodes, nodes_path, offsets, offsets_path, cps, cps_path, meta_path, peaks: Peaks::default(), end: 0 };
         Ok((files, mark))
     }
 
@@ -155,6 +168,34 @@ impl TreeFiles {
         let len = |f: &File, p: &Path| f.metadata().map(|m| m.len()).map_err(|e| Error::io("stat", p, e));
         Ok(len(&self.nodes, &self.nodes_path)? >= node_count(size) * HASH_LEN
             && len(&self.offsets, &self.offsets_path)? >= size * OFFSET_LEN)
+    }
+
+    /// Whether the checkpoint index holds at least `count` offsets.
+    pub(crate) fn holds_checkpoints(&self, count: u64) -> Result<bool, Error> {
+        let len = self.cps.metadata().map(|m| m.len()).map_err(|e| Error::io("stat", &self.cps_path, e))?;
+        Ok(len >= count * OFFSET_LEN)
+    }
+
+    /// Keep the offsets of the first `count` checkpoints, drop the rest.
+    pub(crate) fn reset_checkpoints(&self, count: u64) -> Result<(), Error> {
+        self.cps.set_len(count * OFFSET_LEN).map_err(|e| Error::io("truncate", &self.cps_path, e))
+    }
+
+    /// Record where checkpoint `seq` is in `checkpoints.log`.
+    pub(crate) fn put_checkpoint(&self, seq: u64, offset: u64) -> Result<(), Error> {
+        self.put_checkpoints(seq, &offset.to_be_bytes())
+    }
+
+    /// Record the places of checkpoints from `first` on: `run` is their `u64be` offsets.
+    pub(crate) fn put_checkpoints(&self, first: u64, run: &[u8]) -> Result<(), Error> {
+        self.cps.write_all_at(run, first * OFFSET_LEN).map_err(|e| Error::io("write", &self.cps_path, e))
+    }
+
+    /// Where checkpoint `seq` is in `checkpoints.log`.
+    pub(crate) fn checkpoint_offset(&self, seq: u64) -> Result<u64, Error> {
+        let mut b = [0u8; 8];
+        self.cps.read_exact_at(&mut b, seq * OFFSET_LEN).map_err(|e| Error::io("read", &self.cps_path, e))?;
+        Ok(u64::from_be_bytes(b))
     }
 
     /// Keep the first `size` leaves (whose records end at `end`), drop anything after them,
@@ -222,6 +263,8 @@ impl TreeFiles {
             nodes_path: self.nodes_path.clone(),
             offsets: self.offsets.clone(),
             offsets_path: self.offsets_path.clone(),
+            cps: self.cps.clone(),
+            cps_path: self.cps_path.clone(),
             meta_path: self.meta_path.clone(),
         }
     }
@@ -266,16 +309,23 @@ impl TreeFiles {
         Ok(out)
     }
 
-    /// A sequential reader over `tree.nodes` and `tree.offsets` from the start, for the
-    /// background check.
-    pub(crate) fn stream(&self) -> Result<(std::io::BufReader<File>, std::io::BufReader<File>), Error> {
-        let f = |file: &File, path: &Path| -> Result<std::io::BufReader<File>, Error> {
-            let mut dup = file.try_clone().map_err(|e| Error::io("open", path, e))?;
-            std::io::Seek::seek(&mut dup, std::io::SeekFrom::Start(0)).map_err(|e| Error::io("read", path, e))?;
-            Ok(std::io::BufReader::with_capacity(1 << 20, dup))
+    /// Sequential readers over `tree.nodes`, `tree.offsets` and `tree.checkpoints` from
+    /// the start, for the background check. Opened afresh: they share no file position with
+    /// the log's own handles.
+    pub(crate) fn stream(&self) -> Result<Streams, Error> {
+        let f = |path: &Path| -> Result<std::io::BufReader<File>, Error> {
+            let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+            Ok(std::io::BufReader::with_capacity(1 << 20, file))
         };
-        Ok((f(&self.nodes, &self.nodes_path)?, f(&self.offsets, &self.offsets_path)?))
+        Ok(Streams { nodes: f(&self.nodes_path)?, offsets: f(&self.offsets_path)?, checkpoints: f(&self.cps_path)? })
     }
+}
+
+/// The tree files read front to back.
+pub(crate) struct Streams {
+    pub nodes: std::io::BufReader<File>,
+    pub offsets: std::io::BufReader<File>,
+    pub checkpoints: std::io::BufReader<File>,
 }
 
 impl Nodes for TreeFiles {
@@ -294,6 +344,8 @@ pub(crate) struct Syncer {
     nodes_path: PathBuf,
     offsets: Arc<File>,
     offsets_path: PathBuf,
+    cps: Arc<File>,
+    cps_path: PathBuf,
     meta_path: PathBuf,
 }
 
@@ -303,7 +355,14 @@ impl Syncer {
     pub(crate) fn sync_and_mark(&self, mark: Mark) -> Result<(), Error> {
         self.nodes.sync_data().map_err(|e| Error::io("sync", &self.nodes_path, e))?;
         self.offsets.sync_data().map_err(|e| Error::io("sync", &self.offsets_path, e))?;
-        let meta = MetaFile { format: TREE_FORMAT.into(), size: mark.size, end: mark.end };
+        self.cps.sync_data().map_err(|e| Error::io("sync", &self.cps_path, e))?;
+        let meta = MetaFile {
+            format: TREE_FORMAT.into(),
+            size: mark.size,
+            end: mark.end,
+            checkpoints: mark.checkpoints,
+            checkpoints_end: mark.checkpoints_end,
+        };
         let bytes = serde_json::to_vec(&meta).map_err(|_| Error::UnknownFormat(self.meta_path.clone()))?;
         durable::write_atomic(&self.meta_path, &bytes, 0o600).map_err(|e| Error::io("write", &self.meta_path, e))
     }
@@ -356,9 +415,9 @@ mod tests {
                 assert_eq!(crate::merkle::root_of(&files, size).unwrap(), tree.root(size), "root of {size}");
             }
             if batch == 13 {
-                files.syncer().sync_and_mark(Mark { size: n, end: files.end() }).unwrap();
+                files.syncer().sync_and_mark(Mark { size: n, end: files.end(), checkpoints: 3, checkpoints_end: 99 }).unwrap();
                 let (mut again, mark) = TreeFiles::open(dir.path()).unwrap();
-                assert_eq!(mark, Some(Mark { size: n, end: 100 * n }));
+                assert_eq!(mark, Some(Mark { size: n, end: 100 * n, checkpoints: 3, checkpoints_end: 99 }));
                 assert!(again.holds(n).unwrap() && !again.holds(n + 1).unwrap());
                 again.reset_to(n, 100 * n).unwrap();
                 assert_eq!(again.current_root(), tree.root(n).unwrap());

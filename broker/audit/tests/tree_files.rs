@@ -42,8 +42,8 @@ fn serves_the_entries_tree(log: &AuditLog, dir: &Path) {
     }
 }
 
-fn build(dir: &Path) {
-    build_log(dir, N, CHECKPOINTS);
+fn build(dir: &Path) -> Vec<String> {
+    build_log(dir, N, CHECKPOINTS)
 }
 
 fn open(dir: &Path) -> AuditLog {
@@ -53,7 +53,7 @@ fn open(dir: &Path) -> AuditLog {
 #[test]
 fn a_reopened_log_serves_the_same_tree_and_its_history_check_passes() {
     let dir = tempfile::tempdir().unwrap();
-    build(dir.path());
+    let mut notes = build(dir.path());
     let mark: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("tree.json")).unwrap()).unwrap();
     assert_eq!((mark["format"].as_str(), mark["size"].as_u64()), (Some("cleave-audit-tree/1"), Some(64)), "marked at the last checkpoint");
     for round in 0..3u64 {
@@ -66,11 +66,16 @@ fn a_reopened_log_serves_the_same_tree_and_its_history_check_passes() {
         for i in 0..7 {
             assert_eq!(log.append(&entry(first + i)).unwrap(), first + i);
         }
-        log.checkpoint().unwrap();
+        notes.push(log.checkpoint().unwrap().note);
         serves_the_entries_tree(&log, dir.path());
+        let listed: Vec<String> = log.checkpoints(0, 100).unwrap().into_iter().map(|c| c.note).collect();
+        assert_eq!(listed, notes, "checkpoints are listed from the index");
+        assert_eq!(log.checkpoints(2, 2).unwrap().iter().map(|c| c.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(log.latest_checkpoint().unwrap().note, *notes.last().unwrap());
         drop(log);
         let mark: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("tree.json")).unwrap()).unwrap();
         assert_eq!(mark["size"].as_u64(), Some(N + 7 * (round + 1)));
+        assert_eq!(mark["checkpoints"].as_u64(), Some(notes.len() as u64));
     }
     let report = verify_dir(dir.path(), &open(dir.path()).verifier(), None).unwrap();
     assert_eq!(report.entries, N + 21);
@@ -195,4 +200,55 @@ fn a_damaged_offset_is_an_error_on_reading_and_is_found_by_the_check() {
     let log = open(dir.path());
     log.wait_checked().unwrap();
     serves_the_entries_tree(&log, dir.path());
+}
+
+#[test]
+fn a_damaged_checkpoint_index_is_an_error_on_listing_and_is_found_by_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = build(dir.path());
+    // Checkpoint 1's place now points at checkpoint 0's record.
+    let index = dir.path().join("tree.checkpoints");
+    let mut bytes = std::fs::read(&index).unwrap();
+    let first: [u8; 8] = bytes[..8].try_into().unwrap();
+    bytes[8..16].copy_from_slice(&first);
+    std::fs::write(&index, &bytes).unwrap();
+
+    let log = open(dir.path());
+    assert_eq!(log.entries_read_on_open(), N - 64, "the mark's own checkpoint (2) is where it says");
+    match log.checkpoints(1, 1) {
+        Err(Error::Corrupt { file: "checkpoints", .. }) => {}
+        other => panic!("checkpoint 0 listed as 1: {other:?}"),
+    }
+    let e = log.wait_checked().expect_err("the check compares the index");
+    assert!(matches!(e, Error::Corrupt { file: "tree", index: 1, .. }), "{e}");
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(log.entries_read_on_open(), N);
+    log.wait_checked().unwrap();
+    let listed: Vec<String> = log.checkpoints(0, 100).unwrap().into_iter().map(|c| c.note).collect();
+    assert_eq!(listed, notes);
+}
+
+#[test]
+fn checkpoints_altered_below_the_mark_stop_the_log() {
+    // A signed checkpoint's record replaced by another with a valid record hash but the
+    // root of a different tree: only the background check reads it.
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let path = dir.path().join("checkpoints.log");
+    let mut recs = parse_records(&std::fs::read(&path).unwrap(), CHECKPOINTS_HEADER);
+    let text = String::from_utf8(recs[1].payload.clone()).unwrap();
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let forged_root = "A".repeat(43) + "=";
+    lines[2] = &forged_root;
+    recs[1].payload = lines.join("\n").into_bytes();
+    recs[1].hash = checkpoint_hash(1, &recs[1].payload);
+    rewrite(&path, CHECKPOINTS_HEADER, &recs);
+
+    let log = open(dir.path());
+    let e = log.wait_checked().expect_err("the check recomputes every signed root");
+    assert!(matches!(e, Error::CheckpointMismatch { seq: 1, .. }), "{e}");
+    drop(log);
+    let e = AuditLog::open(dir.path(), manual_options(), &signing_key()).expect_err("the next open reads everything");
+    assert!(matches!(e, Error::CheckpointMismatch { seq: 1, .. }), "{e}");
 }
