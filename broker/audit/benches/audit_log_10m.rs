@@ -60,26 +60,12 @@ fn main() {
     let bytes = std::fs::metadata(dir.path().join("entries.log")).unwrap().len();
     println!("appended {n} entries with append_batch(4096) in {secs:.1} s: {:.0} entries/s, {:.2} GB", n as f64 / secs, bytes as f64 / 1e9);
 
-    let (rss, t) = (rss_kib(), Instant::now());
-    let log = AuditLog::open(dir.path(), options(), &key()).unwrap();
-    println!(
-        "reopened from the tree files in {:.1?} ({} entries read, resident memory +{} KiB)",
-        t.elapsed(),
-        log.entries_read_on_open(),
-        rss_kib().saturating_sub(rss)
-    );
+    let (log, t) = timed_open(dir.path(), "from the tree files");
     log.wait_checked().unwrap();
     println!("background check of the whole history done {:.1?} after opening", t.elapsed());
     drop(log);
     std::fs::remove_file(dir.path().join("tree.json")).unwrap();
-    let (rss, t) = (rss_kib(), Instant::now());
-    let log = AuditLog::open(dir.path(), options(), &key()).unwrap();
-    println!(
-        "reopened without the mark (every record read and checked, tree files rebuilt) in {:.1?} ({} entries read, resident memory +{} KiB)",
-        t.elapsed(),
-        log.entries_read_on_open(),
-        rss_kib().saturating_sub(rss)
-    );
+    let (log, _) = timed_open(dir.path(), "without the mark (every record read and checked, tree files rebuilt)");
     let cp = log.latest_checkpoint().unwrap().checkpoint;
     assert_eq!(cp.size, n);
 
@@ -113,6 +99,20 @@ fn main() {
         log.root(m).unwrap();
     }
     println!("root of an arbitrary prefix: {:.2?}", t.elapsed() / 1000);
+}
+
+/// Opens the log, says how long that took, how many entries it read and the memory it
+/// added, and returns it with the instant the open began.
+fn timed_open(dir: &std::path::Path, how: &str) -> (AuditLog, Instant) {
+    let (rss, t) = (rss_kib(), Instant::now());
+    let log = AuditLog::open(dir, options(), &key()).unwrap();
+    println!(
+        "reopened {how} in {:.1?} ({} entries read, resident memory +{} KiB)",
+        t.elapsed(),
+        log.entries_read_on_open(),
+        rss_kib().saturating_sub(rss)
+    );
+    (log, t)
 }
 
 /// This process's resident memory (VmRSS), KiB.

@@ -447,10 +447,10 @@ fn read_checkpoints(
     Ok(CheckpointsRead { base, read, latest, count, end })
 }
 
-/// The tree files' mark, if they can be trusted up to it: the mark's last checkpoint (of
-/// exactly that size, root `signed_root`, found by `read_checkpoints`) exists, the files
-/// give its root, and the last record they point at is intact,
-/// is the leaf they hold, and ends where the mark says. Leaves `tree` at the mark's size.
+/// The tree files' mark, if they can be trusted up to it: they give `signed_root`, the root
+/// of the mark's own checkpoint (found and checked by `read_checkpoints`), and the last
+/// record they point at is intact, is the leaf they hold, and ends where the mark says.
+/// Leaves `tree` at the mark's size.
 fn usable_mark(
     tree: &mut TreeFiles,
     mark: Mark,

@@ -119,16 +119,57 @@ pub(crate) struct Planned {
     end: u64,
 }
 
+/// One derived file, shared by the log and its [`Syncer`]; every error names it.
+#[derive(Clone)]
+struct Derived {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl Derived {
+    fn open(dir: &Path, name: &str) -> Result<Derived, Error> {
+        let path = dir.join(name);
+        if !path.exists() {
+            durable::create_new_with_mode(&path, 0o600).map_err(|e| Error::io("create", &path, e))?;
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io("open", &path, e))?;
+        Ok(Derived { file: Arc::new(file), path })
+    }
+
+    fn len(&self) -> Result<u64, Error> {
+        self.file.metadata().map(|m| m.len()).map_err(|e| Error::io("stat", &self.path, e))
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), Error> {
+        self.file.set_len(len).map_err(|e| Error::io("truncate", &self.path, e))
+    }
+
+    fn write_at(&self, bytes: &[u8], at: u64) -> Result<(), Error> {
+        self.file.write_all_at(bytes, at).map_err(|e| Error::io("write", &self.path, e))
+    }
+
+    fn read_at(&self, buf: &mut [u8], at: u64) -> Result<(), Error> {
+        self.file.read_exact_at(buf, at).map_err(|e| Error::io("read", &self.path, e))
+    }
+
+    fn sync(&self) -> Result<(), Error> {
+        self.file.sync_data().map_err(|e| Error::io("sync", &self.path, e))
+    }
+
+    /// A reader from the start with a file position of its own.
+    fn stream(&self) -> Result<std::io::BufReader<File>, Error> {
+        let file = File::open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
+        Ok(std::io::BufReader::with_capacity(1 << 20, file))
+    }
+}
+
 /// The tree files of an open log, and the published size readers may use.
 pub(crate) struct TreeFiles {
-    nodes: Arc<File>,
-    nodes_path: PathBuf,
-    offsets: Arc<File>,
-    offsets_path: PathBuf,
+    nodes: Derived,
+    offsets: Derived,
     /// `tree.checkpoints`: one `u64be` per checkpoint, its record's offset in
     /// `checkpoints.log`.
-    cps: Arc<File>,
-    cps_path: PathBuf,
+    cps: Derived,
     meta_path: PathBuf,
     peaks: Peaks,
     /// Byte offset in `entries.log` just after the last published record.
@@ -139,17 +180,8 @@ impl TreeFiles {
     /// Opens (or creates) the files in `dir`, and reads the mark, if there is a usable one.
     /// The tree is empty until [`reset_to`](Self::reset_to).
     pub(crate) fn open(dir: &Path) -> Result<(TreeFiles, Option<Mark>), Error> {
-        let open = |name: &str| -> Result<(Arc<File>, PathBuf), Error> {
-            let path = dir.join(name);
-            if !path.exists() {
-                durable::create_new_with_mode(&path, 0o600).map_err(|e| Error::io("create", &path, e))?;
-            }
-            let f = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io("open", &path, e))?;
-            Ok((Arc::new(f), path))
-        };
-        let (nodes, nodes_path) = open(NODES_FILE)?;
-        let (offsets, offsets_path) = open(OFFSETS_FILE)?;
-        let (cps, cps_path) = open(CHECKPOINT_INDEX_FILE)?;
+        let (nodes, offsets, cps) =
+            (Derived::open(dir, NODES_FILE)?, Derived::open(dir, OFFSETS_FILE)?, Derived::open(dir, CHECKPOINT_INDEX_FILE)?);
         let meta_path = dir.join(TREE_META_FILE);
         // A missing, unreadable or unknown mark means: trust nothing, rebuild. The files are
         // derived, so rebuilding is always possible and never loses anything.
@@ -158,27 +190,23 @@ impl TreeFiles {
             .and_then(|b| serde_json::from_slice::<MetaFile>(&b).ok())
             .filter(|m| m.format == TREE_FORMAT)
             .map(|m| Mark { size: m.size, end: m.end, checkpoints: m.checkpoints, checkpoints_end: m.checkpoints_end });
-        let files =
-            TreeFiles { nodes, nodes_path, offsets, offsets_path, cps, cps_path, meta_path, peaks: Peaks::default(), end: 0 };
+        let files = TreeFiles { nodes, offsets, cps, meta_path, peaks: Peaks::default(), end: 0 };
         Ok((files, mark))
     }
 
     /// Whether the files hold at least the first `size` leaves.
     pub(crate) fn holds(&self, size: u64) -> Result<bool, Error> {
-        let len = |f: &File, p: &Path| f.metadata().map(|m| m.len()).map_err(|e| Error::io("stat", p, e));
-        Ok(len(&self.nodes, &self.nodes_path)? >= node_count(size) * HASH_LEN
-            && len(&self.offsets, &self.offsets_path)? >= size * OFFSET_LEN)
+        Ok(self.nodes.len()? >= node_count(size) * HASH_LEN && self.offsets.len()? >= size * OFFSET_LEN)
     }
 
     /// Whether the checkpoint index holds at least `count` offsets.
     pub(crate) fn holds_checkpoints(&self, count: u64) -> Result<bool, Error> {
-        let len = self.cps.metadata().map(|m| m.len()).map_err(|e| Error::io("stat", &self.cps_path, e))?;
-        Ok(len >= count * OFFSET_LEN)
+        Ok(self.cps.len()? >= count * OFFSET_LEN)
     }
 
     /// Keep the offsets of the first `count` checkpoints, drop the rest.
     pub(crate) fn reset_checkpoints(&self, count: u64) -> Result<(), Error> {
-        self.cps.set_len(count * OFFSET_LEN).map_err(|e| Error::io("truncate", &self.cps_path, e))
+        self.cps.set_len(count * OFFSET_LEN)
     }
 
     /// Record where checkpoint `seq` is in `checkpoints.log`.
@@ -188,21 +216,21 @@ impl TreeFiles {
 
     /// Record the places of checkpoints from `first` on: `run` is their `u64be` offsets.
     pub(crate) fn put_checkpoints(&self, first: u64, run: &[u8]) -> Result<(), Error> {
-        self.cps.write_all_at(run, first * OFFSET_LEN).map_err(|e| Error::io("write", &self.cps_path, e))
+        self.cps.write_at(run, first * OFFSET_LEN)
     }
 
     /// Where checkpoint `seq` is in `checkpoints.log`.
     pub(crate) fn checkpoint_offset(&self, seq: u64) -> Result<u64, Error> {
         let mut b = [0u8; 8];
-        self.cps.read_exact_at(&mut b, seq * OFFSET_LEN).map_err(|e| Error::io("read", &self.cps_path, e))?;
+        self.cps.read_at(&mut b, seq * OFFSET_LEN)?;
         Ok(u64::from_be_bytes(b))
     }
 
     /// Keep the first `size` leaves (whose records end at `end`), drop anything after them,
     /// and load the peaks. `size` must be at most what [`holds`](Self::holds) allows.
     pub(crate) fn reset_to(&mut self, size: u64, end: u64) -> Result<(), Error> {
-        self.nodes.set_len(node_count(size) * HASH_LEN).map_err(|e| Error::io("truncate", &self.nodes_path, e))?;
-        self.offsets.set_len(size * OFFSET_LEN).map_err(|e| Error::io("truncate", &self.offsets_path, e))?;
+        self.nodes.set_len(node_count(size) * HASH_LEN)?;
+        self.offsets.set_len(size * OFFSET_LEN)?;
         let mut peaks = Peaks { size, by_level: vec![[0; 32]; 64 - size.leading_zeros() as usize] };
         for k in 0..peaks.by_level.len() {
             if size >> k & 1 == 1 {
@@ -245,10 +273,8 @@ impl TreeFiles {
     /// Writes a planned batch after the published tree. Readers do not see it until
     /// [`publish`](Self::publish).
     pub(crate) fn write(&self, p: &Planned) -> Result<(), Error> {
-        let at = node_count(self.peaks.size) * HASH_LEN;
-        self.nodes.write_all_at(&p.nodes, at).map_err(|e| Error::io("write", &self.nodes_path, e))?;
-        let at = self.peaks.size * OFFSET_LEN;
-        self.offsets.write_all_at(&p.offsets, at).map_err(|e| Error::io("write", &self.offsets_path, e))
+        self.nodes.write_at(&p.nodes, node_count(self.peaks.size) * HASH_LEN)?;
+        self.offsets.write_at(&p.offsets, self.peaks.size * OFFSET_LEN)
     }
 
     pub(crate) fn publish(&mut self, p: Planned) {
@@ -258,22 +284,12 @@ impl TreeFiles {
 
     /// Handles for [`sync_and_mark`] that do not hold the log's state lock while syncing.
     pub(crate) fn syncer(&self) -> Syncer {
-        Syncer {
-            nodes: self.nodes.clone(),
-            nodes_path: self.nodes_path.clone(),
-            offsets: self.offsets.clone(),
-            offsets_path: self.offsets_path.clone(),
-            cps: self.cps.clone(),
-            cps_path: self.cps_path.clone(),
-            meta_path: self.meta_path.clone(),
-        }
+        Syncer { files: [self.nodes.clone(), self.offsets.clone(), self.cps.clone()], meta_path: self.meta_path.clone() }
     }
 
     fn read_node(&self, level: u32, index: u64) -> Result<Hash, Error> {
         let mut h = [0u8; 32];
-        self.nodes
-            .read_exact_at(&mut h, position(level, index) * HASH_LEN)
-            .map_err(|e| Error::io("read", &self.nodes_path, e))?;
+        self.nodes.read_at(&mut h, position(level, index) * HASH_LEN)?;
         Ok(h)
     }
 
@@ -284,7 +300,7 @@ impl TreeFiles {
         }
         let (first, last) = (position(0, start), position(0, end - 1));
         let mut span = vec![0u8; ((last - first + 1) * HASH_LEN) as usize];
-        self.nodes.read_exact_at(&mut span, first * HASH_LEN).map_err(|e| Error::io("read", &self.nodes_path, e))?;
+        self.nodes.read_at(&mut span, first * HASH_LEN)?;
         Ok((start..end)
             .map(|i| {
                 let at = ((position(0, i) - first) * HASH_LEN) as usize;
@@ -301,7 +317,7 @@ impl TreeFiles {
         let stored_end = end.min(self.size());
         let read_to = if end < self.size() { end + 1 } else { stored_end };
         let mut raw = vec![0u8; (read_to.saturating_sub(start) * OFFSET_LEN) as usize];
-        self.offsets.read_exact_at(&mut raw, start * OFFSET_LEN).map_err(|e| Error::io("read", &self.offsets_path, e))?;
+        self.offsets.read_at(&mut raw, start * OFFSET_LEN)?;
         let mut out: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))).collect();
         if end >= self.size() {
             out.push(self.end);
@@ -313,11 +329,7 @@ impl TreeFiles {
     /// the start, for the background check. Opened afresh: they share no file position with
     /// the log's own handles.
     pub(crate) fn stream(&self) -> Result<Streams, Error> {
-        let f = |path: &Path| -> Result<std::io::BufReader<File>, Error> {
-            let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-            Ok(std::io::BufReader::with_capacity(1 << 20, file))
-        };
-        Ok(Streams { nodes: f(&self.nodes_path)?, offsets: f(&self.offsets_path)?, checkpoints: f(&self.cps_path)? })
+        Ok(Streams { nodes: self.nodes.stream()?, offsets: self.offsets.stream()?, checkpoints: self.cps.stream()? })
     }
 }
 
@@ -340,12 +352,7 @@ impl Nodes for TreeFiles {
 
 /// Syncs the tree files and records how far they are durable.
 pub(crate) struct Syncer {
-    nodes: Arc<File>,
-    nodes_path: PathBuf,
-    offsets: Arc<File>,
-    offsets_path: PathBuf,
-    cps: Arc<File>,
-    cps_path: PathBuf,
+    files: [Derived; 3],
     meta_path: PathBuf,
 }
 
@@ -353,9 +360,9 @@ impl Syncer {
     /// Makes the files durable, then writes `mark` (atomically). The files may already hold
     /// more than `mark` covers: opening cuts what the mark does not vouch for.
     pub(crate) fn sync_and_mark(&self, mark: Mark) -> Result<(), Error> {
-        self.nodes.sync_data().map_err(|e| Error::io("sync", &self.nodes_path, e))?;
-        self.offsets.sync_data().map_err(|e| Error::io("sync", &self.offsets_path, e))?;
-        self.cps.sync_data().map_err(|e| Error::io("sync", &self.cps_path, e))?;
+        for f in &self.files {
+            f.sync()?;
+        }
         let meta = MetaFile {
             format: TREE_FORMAT.into(),
             size: mark.size,
