@@ -231,6 +231,9 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
         clinical: stores.clinical.clone(),
         keyring,
         limits: cleave_deid::Limits::default(),
+        vault_thread: std::sync::Arc::new(
+            crate::ingest::VaultThread::start().map_err(|e| Error::Config(format!("cannot start the vault thread ({e})")))?,
+        ),
     };
     let state = AppState::new(config.clone(), opened.accounts, audit, trail, stores, pipeline);
     let app = routes::router(state.clone());
