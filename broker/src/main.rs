@@ -184,9 +184,20 @@ async fn run(cli: Cli) -> Result<(), Error> {
             if let Some(d) = running.dicom_addr {
                 eprintln!("DICOM TLS listener on {d} (enrolled devices: C-STORE, C-ECHO)");
             }
+            // SIGTERM is how systemd, Docker and Kubernetes stop a service: it must take the
+            // same orderly way out as Ctrl-C (stores closed, the audit log's tail signed).
+            let terminated = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        term.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = running.wait() => {}
                 _ = tokio::signal::ctrl_c() => eprintln!("stopping"),
+                _ = terminated => eprintln!("stopping (SIGTERM)"),
             }
         }
         Command::Enroll(EnrollCmd::Person { username, out }) => {

@@ -106,3 +106,61 @@ fn serve_with_dicom_listen_answers_an_enrolled_device() {
         String::from_utf8_lossy(&echo.stderr)
     );
 }
+
+/// A service manager stops the broker with SIGTERM (systemd, Docker): it exits cleanly and
+/// signs its audit log's tail on the way out, as with Ctrl-C. Without that, the entries
+/// since the last periodic checkpoint stay unsigned until the next start.
+#[test]
+fn serve_stops_in_order_on_sigterm() {
+    use std::io::BufRead;
+    for signal in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("cleave-data");
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_cleave-broker"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = String::new();
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("cleave-broker listening on") {
+                break;
+            }
+        }
+        assert!(seen.contains("listening"), "serve did not start: {seen}");
+        assert!(!data.join("audit/tree.json").exists(), "no checkpoint yet (the periodic one is 10 s away)");
+        let sent = Command::new("kill").arg(signal).arg(serve.id().to_string()).status().unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = serve.try_wait().unwrap() {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{signal}: the broker did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert!(status.success(), "{signal}: exit {status:?}");
+        // The closing checkpoint covers every entry: the tree files were marked at it.
+        let entries = std::fs::read(data.join("audit/entries.log")).unwrap();
+        let header = entries.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let (mut at, mut count) = (header, 0u64);
+        while at < entries.len() {
+            at += 44 + u32::from_be_bytes(entries[at..at + 4].try_into().unwrap()) as usize;
+            count += 1;
+        }
+        let mark: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("audit/tree.json")).unwrap_or_default())
+            .unwrap_or_else(|_| panic!("{signal}: no closing checkpoint was signed"));
+        assert!(count > 0 && mark["size"].as_u64() == Some(count), "{signal}: {mark} for {count} entries");
+    }
+}
