@@ -71,7 +71,8 @@ pub enum Error {
     #[error("this route does not accept that HTTP method; see /api/v1/openapi.json")]
     MethodNotAllowed,
     /// The audit log refused or failed; the request is refused with it, since a decision
-    /// that cannot be recorded is not taken.
+    /// that cannot be recorded is not taken. 503 `audit_unavailable`, with a fixed message
+    /// (the detail, logged, names files).
     #[error("the audit log failed ({0}); check the disk holding <data>/audit")]
     Audit(String),
     /// A store (identity vault, clinical store) failed; the detail is PHI-free.
@@ -137,6 +138,7 @@ impl Error {
             Error::NotWired(_) => (StatusCode::NOT_IMPLEMENTED, "not_wired"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Error::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -155,6 +157,12 @@ impl IntoResponse for Error {
             // tell the client only that it was not their fault.
             tracing::error!(error = %self, "request failed inside the broker");
             "the server failed to handle this request; the administrator can find the cause in the broker's log"
+                .to_owned()
+        } else if let Error::Audit(_) = self {
+            // Its own code, so monitoring and clients can tell "nothing can be recorded, so
+            // nothing is done" from a fault in one request; the detail names files.
+            tracing::error!(error = %self, "request refused: the audit log cannot record it");
+            "the audit log cannot record this request, so it was not carried out; try again later (the administrator can find the cause in the broker's log)"
                 .to_owned()
         } else {
             self.to_string()

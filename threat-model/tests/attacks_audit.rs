@@ -259,11 +259,12 @@ async fn broker_audit_log_rewritten_on_disk_is_detected() {
         assert!(std::time::Instant::now() < deadline, "the broker still serves on an altered audit history");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    // The caller gets the generic internal error; the broker's log names the damage.
-    assert_eq!((refused.status, refused.error_code().as_str()), (500, "internal"), "{}", refused.body);
+    // The caller is told nothing can be recorded; the broker's log names the damage.
+    assert_eq!((refused.status, refused.error_code().as_str()), (503, "audit_unavailable"), "{}", refused.body);
+    assert!(!refused.body.contains("entries") && !refused.body.contains(".log"), "no file detail: {}", refused.body);
     for _ in 0..3 {
         let a = common::call(b.addr(), mallory.cfg.clone(), "GET", "/api/v1/identity/patients?patient_id=X", &mallory.token).await;
-        assert_eq!(a.status, 500, "every request stays refused: {}", a.body);
+        assert_eq!(a.status, 503, "every request stays refused: {}", a.body);
     }
     drop(b);
 }
