@@ -46,11 +46,46 @@ fn operator_commands_enrol_devices_add_users_and_rotate_keys() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
 }
 
+/// `cleave-broker serve` on `data` with `args`, and its stderr lines as they come. The lines
+/// are read on a thread for the server's whole life: a closed pipe would make its next log
+/// line fail.
+fn serve(data: &std::path::Path, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cleave-broker"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("serve")
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (up to 60 s) for the line starting with `prefix`; `Err` with everything seen.
+fn line_starting(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> Result<String, String> {
+    let mut seen = String::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        if line.starts_with(prefix) {
+            return Ok(line);
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    Err(seen)
+}
+
 /// `serve --dicom-listen` starts the DICOM TLS port; a device enrolled on the command line
 /// can C-ECHO it with dcmtk, presenting the certificate the CLI wrote.
 #[test]
 fn serve_with_dicom_listen_answers_an_enrolled_device() {
-    use std::io::BufRead;
     let echoscu = std::path::Path::new("/usr/bin/echoscu");
     assert!(echoscu.exists(), "/usr/bin/echoscu is missing: install the Debian package dcmtk (apt-get install dcmtk)");
     let dir = tempfile::tempdir().unwrap();
@@ -58,32 +93,12 @@ fn serve_with_dicom_listen_answers_an_enrolled_device() {
     let out_dir = dir.path().join("out");
     run(&data, &["enroll", "device", "ct-scanner-3", "--ae-title", "CT3", "--out", out_dir.to_str().unwrap()]);
 
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_cleave-broker"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["serve", "--listen", "127.0.0.1:0", "--dicom-listen", "127.0.0.1:0"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read stderr on a thread for the server's whole life: a closed pipe would make its
-    // next log line fail.
-    let stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+    let (mut serve, rx) = serve(&data, &["--listen", "127.0.0.1:0", "--dicom-listen", "127.0.0.1:0"]);
+    let announced = line_starting(&rx, "DICOM TLS listener on ");
+    let port = announced.as_ref().ok().and_then(|line| {
+        let addr = line.strip_prefix("DICOM TLS listener on ")?.split_whitespace().next()?;
+        addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
     });
-    let mut port = None;
-    let mut seen = String::new();
-    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(rest) = line.strip_prefix("DICOM TLS listener on ") {
-            port = rest.split_whitespace().next().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.port());
-            break;
-        }
-    }
     let echo = port.map(|port| {
         Command::new(echoscu)
             .env("TCP_NODELAY", "1")
@@ -98,7 +113,7 @@ fn serve_with_dicom_listen_answers_an_enrolled_device() {
     });
     let _ = serve.kill();
     let _ = serve.wait();
-    let echo = echo.unwrap_or_else(|| panic!("serve did not announce the DICOM listener: {seen}"));
+    let echo = echo.unwrap_or_else(|| panic!("serve did not announce the DICOM listener: {announced:?}"));
     assert!(
         echo.status.success(),
         "echoscu failed: {}{}",
@@ -112,33 +127,13 @@ fn serve_with_dicom_listen_answers_an_enrolled_device() {
 /// since the last periodic checkpoint stay unsigned until the next start.
 #[test]
 fn serve_stops_in_order_on_sigterm() {
-    use std::io::BufRead;
     for signal in ["-TERM", "-INT"] {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("cleave-data");
-        let mut serve = Command::new(env!("CARGO_BIN_EXE_cleave-broker"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = String::new();
-        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.starts_with("cleave-broker listening on") {
-                break;
-            }
+        let (mut serve, rx) = serve(&data, &["--listen", "127.0.0.1:0"]);
+        if let Err(seen) = line_starting(&rx, "cleave-broker listening on") {
+            panic!("serve did not start: {seen}");
         }
-        assert!(seen.contains("listening"), "serve did not start: {seen}");
         assert!(!data.join("audit/tree.json").exists(), "no checkpoint yet (the periodic one is 10 s away)");
         let sent = Command::new("kill").arg(signal).arg(serve.id().to_string()).status().unwrap();
         assert!(sent.success());
