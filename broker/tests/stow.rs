@@ -33,9 +33,11 @@ async fn stow(b: &Broker, cfg: Arc<ClientConfig>, token: &str, parts: &[(&str, &
 }
 
 /// The patient ids the test files are given. pydicom's samples carry 4-byte ids (`1CT1`,
-/// `4MR1`), too short to scan megabytes of ciphertext for: any 4 bytes turn up by chance
-/// about once in 4 GiB, and the scan below once found `1CT1` in the clinical index's
-/// sealed pages. Sixteen bytes never do.
+/// `4MR1`), and the de-identified index makes those bytes on its own: a `series_study`
+/// index record is a study id (hex), the modality and a series id (hex), so a study id
+/// ending in `1` next to `CT` and a series id starting with `1` reads `1CT1`, about one
+/// run in 256 (captured once: `...72693f1CT10b838...`). Sixteen-byte canaries cannot be
+/// made that way.
 const CT_ID: &str = "PIDCT1CANARY7f3a";
 const MR_ID: &str = "PIDMR1CANARY2b9d";
 
