@@ -107,7 +107,7 @@ fn main() {
     let t = Instant::now();
     let (mut start, mut found, mut calls) = (0u64, 0usize, 0u32);
     loop {
-        let page = log.list(&Query { start, limit: 1000, resource: Some(wanted.clone()), ..Query::default() }).unwrap();
+        let page = log.list(&Query { start, limit: 1000, resource: Some(wanted), ..Query::default() }).unwrap();
         found += page.entries.len();
         calls += 1;
         match page.next {

@@ -433,7 +433,7 @@ fn read_checkpoints(
             Next::Stop(s) => {
                 let torn = s.at_end && matches!(s.damage, Damage::Incomplete | Damage::HashMismatch);
                 if !torn {
-                    return Err(Error::Corrupt { file: "checkpoints", index: s.seq, what: s.damage.describe() });
+                    return Err(s.corrupt("checkpoints"));
                 }
                 let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
                 truncate(file, path, s.offset)?;
@@ -499,7 +499,7 @@ impl CheckpointStream<'_> {
         }
         let r = match self.reader.next_record().map_err(|e| Error::io("read", path, e))? {
             Next::Record(r) => r,
-            Next::Stop(s) => return Err(Error::Corrupt { file: "checkpoints", index: s.seq, what: s.damage.describe() }),
+            Next::Stop(s) => return Err(s.corrupt("checkpoints")),
             Next::End => return Err(Error::Corrupt { file: "checkpoints", index: self.seq, what: "checkpoints the mark covers are missing" }),
         };
         let mut at = [0u8; 8];
@@ -563,7 +563,7 @@ fn check_history(shared: Arc<Shared>, mut streams: Streams, size: u64, checkpoin
             }
             let r = match reader.next_record().map_err(|e| Error::io("read", path, e))? {
                 Next::Record(r) => r,
-                Next::Stop(s) => return Err(Error::Corrupt { file: "entries", index: s.seq, what: s.damage.describe() }),
+                Next::Stop(s) => return Err(s.corrupt("entries")),
                 Next::End => return Err(Error::Corrupt { file: "entries", index, what: "entries covered by a signed checkpoint are missing" }),
             };
             let mut same = streams.offsets.read_exact(&mut off).is_ok() && u64::from_be_bytes(off) == r.offset;
@@ -728,7 +728,7 @@ impl AuditLog {
                 }
                 Next::Stop(s) => {
                     if s.seq < signed_size {
-                        return Err(Error::Corrupt { file: "entries", index: s.seq, what: s.damage.describe() });
+                        return Err(s.corrupt("entries"));
                     }
                     let len = entries_file.metadata().map_err(|e| Error::io("stat", &entries_path, e))?.len();
                     truncate(&entries_file, &entries_path, s.offset)?;
@@ -748,7 +748,7 @@ impl AuditLog {
             if from.size > 0 && *size <= from.size {
                 continue;
             }
-            let root = root_of(&tree, *size).map_err(|e| Error::io("read", &entries_path, e))?;
+            let root = root_of(&tree, *size)?;
             if root.as_ref() != Some(signed_root) {
                 return Err(Error::CheckpointMismatch { seq: *seq, what: "the root does not match the entries" });
             }
@@ -933,7 +933,7 @@ impl AuditLog {
                     let note = String::from_utf8(r.payload).map_err(|_| Error::CheckpointMismatch { seq, what: "not UTF-8" })?;
                     out.push(RawCheckpoint { seq, note });
                 }
-                Next::Stop(s) => return Err(Error::Corrupt { file: "checkpoints", index: s.seq, what: s.damage.describe() }),
+                Next::Stop(s) => return Err(s.corrupt("checkpoints")),
                 Next::End => return Err(Error::Corrupt { file: "checkpoints", index: seq, what: "the file ends before the checkpoint" }),
             }
         }
@@ -943,24 +943,21 @@ impl AuditLog {
     /// The root hash of the first `size` entries.
     pub fn root(&self, size: u64) -> Result<Hash, Error> {
         let st = read_state(&self.shared);
-        root_of(&st.tree, size)
-            .map_err(|e| Error::io("read", &self.shared.entries_path, e))?
+        root_of(&st.tree, size)?
             .ok_or(Error::OutOfRange { what: "tree size", asked: size, size: st.tree.size() })
     }
 
     /// The RFC 9162 inclusion proof of entry `index` in the tree of `size` entries.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {
         let st = read_state(&self.shared);
-        inclusion_proof_of(&st.tree, index, size)
-            .map_err(|e| Error::io("read", &self.shared.entries_path, e))?
+        inclusion_proof_of(&st.tree, index, size)?
             .ok_or(Error::OutOfRange { what: "leaf index or tree size", asked: index.max(size), size: st.tree.size() })
     }
 
     /// The RFC 9162 consistency proof between the trees of `old` and `new` entries.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, Error> {
         let st = read_state(&self.shared);
-        consistency_proof_of(&st.tree, old, new)
-            .map_err(|e| Error::io("read", &self.shared.entries_path, e))?
+        consistency_proof_of(&st.tree, old, new)?
             .ok_or(Error::OutOfRange { what: "tree size", asked: old.max(new), size: st.tree.size() })
     }
 
@@ -1129,26 +1126,23 @@ fn writer_loop(shared: Arc<Shared>, mut file: File, rx: mpsc::Receiver<Request>,
                 }
             }
             // The tree files first: if they cannot be written, nothing of the batch is.
-            let planned = {
+            let written = {
                 let st = read_state(&shared);
                 let planned = st.tree.plan(&added, offset);
-                st.tree.write(&planned).map(|()| planned)
-            };
-            let written = match planned {
-                Ok(p) => file.write_all(&buf).and_then(|()| file.sync_data()).map(|()| p),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
+                st.tree.write(&planned).map(|()| planned).map_err(|e| std::io::Error::other(e.to_string()))
+            }
+            .and_then(|planned| file.write_all(&buf).and_then(|()| file.sync_data()).map(|()| planned));
             let planned = match written {
-                Ok(p) => p,
+                Ok(planned) => planned,
                 Err(e) => {
-                // The file may now end in part of this batch; nothing more may follow it.
-                // Reopening cuts it (none of it was acknowledged).
-                tracing::error!(error = %e, "audit log: write failed; the writer stops");
-                shared.failed.store(true, Ordering::SeqCst);
-                for r in batch.drain(..) {
-                    r.reply.send(Err(Error::io("append to", &shared.entries_path, std::io::Error::new(e.kind(), e.to_string()))));
-                }
-                break;
+                    // The file may now end in part of this batch; nothing more may follow it.
+                    // Reopening cuts it (none of it was acknowledged).
+                    tracing::error!(error = %e, "audit log: write failed; the writer stops");
+                    shared.failed.store(true, Ordering::SeqCst);
+                    for r in batch.drain(..) {
+                        r.reply.send(Err(Error::io("append to", &shared.entries_path, std::io::Error::new(e.kind(), e.to_string()))));
+                    }
+                    break;
                 }
             };
             write_state(&shared).tree.publish(planned);

@@ -123,6 +123,8 @@ impl Tree {
 }
 
 impl Nodes for Tree {
+    type Error = std::io::Error;
+
     fn leaf_count(&self) -> u64 {
         self.size()
     }
@@ -139,16 +141,18 @@ impl Nodes for Tree {
 /// Where the hashes of a tree's complete aligned subtrees are kept: in memory ([`Tree`]),
 /// or in the audit log's node file. Every root and proof is computed from these alone.
 pub(crate) trait Nodes {
+    /// Why a stored hash could not be read (the source's own error, naming its file).
+    type Error;
     /// Number of leaves.
     fn leaf_count(&self) -> u64;
     /// The hash of leaves `[index * 2^level, (index + 1) * 2^level)`; only asked for
     /// subtrees that lie wholly within the leaves.
-    fn node(&self, level: u32, index: u64) -> std::io::Result<Hash>;
+    fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
 }
 
 /// MTH(D[lo:hi]) for `lo < hi <= leaf_count`, where the range is a node of the RFC's
 /// recursion (its left parts are always complete aligned subtrees).
-fn range_hash<N: Nodes + ?Sized>(t: &N, lo: u64, hi: u64) -> std::io::Result<Hash> {
+fn range_hash<N: Nodes + ?Sized>(t: &N, lo: u64, hi: u64) -> Result<Hash, N::Error> {
     let n = hi - lo;
     if n.is_power_of_two() && lo % n == 0 {
         let k = n.trailing_zeros();
@@ -159,7 +163,7 @@ fn range_hash<N: Nodes + ?Sized>(t: &N, lo: u64, hi: u64) -> std::io::Result<Has
 }
 
 /// The root hash of the first `size` leaves; `None` beyond the tree.
-pub(crate) fn root_of<N: Nodes + ?Sized>(t: &N, size: u64) -> std::io::Result<Option<Hash>> {
+pub(crate) fn root_of<N: Nodes + ?Sized>(t: &N, size: u64) -> Result<Option<Hash>, N::Error> {
     if size > t.leaf_count() {
         return Ok(None);
     }
@@ -170,7 +174,7 @@ pub(crate) fn root_of<N: Nodes + ?Sized>(t: &N, size: u64) -> std::io::Result<Op
 }
 
 /// RFC 9162 2.1.3.1 PATH(index, D[size]); `None` when out of range.
-pub(crate) fn inclusion_proof_of<N: Nodes + ?Sized>(t: &N, index: u64, size: u64) -> std::io::Result<Option<Vec<Hash>>> {
+pub(crate) fn inclusion_proof_of<N: Nodes + ?Sized>(t: &N, index: u64, size: u64) -> Result<Option<Vec<Hash>>, N::Error> {
     if index >= size || size > t.leaf_count() {
         return Ok(None);
     }
@@ -179,7 +183,7 @@ pub(crate) fn inclusion_proof_of<N: Nodes + ?Sized>(t: &N, index: u64, size: u64
     Ok(Some(proof))
 }
 
-fn path<N: Nodes + ?Sized>(t: &N, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) -> std::io::Result<()> {
+fn path<N: Nodes + ?Sized>(t: &N, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) -> Result<(), N::Error> {
     let n = hi - lo;
     if n <= 1 {
         return Ok(());
@@ -196,7 +200,7 @@ fn path<N: Nodes + ?Sized>(t: &N, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>)
 }
 
 /// RFC 9162 2.1.4.1 PROOF(old, D[new]); `None` when out of range.
-pub(crate) fn consistency_proof_of<N: Nodes + ?Sized>(t: &N, old: u64, new: u64) -> std::io::Result<Option<Vec<Hash>>> {
+pub(crate) fn consistency_proof_of<N: Nodes + ?Sized>(t: &N, old: u64, new: u64) -> Result<Option<Vec<Hash>>, N::Error> {
     if old > new || new > t.leaf_count() {
         return Ok(None);
     }
@@ -207,7 +211,7 @@ pub(crate) fn consistency_proof_of<N: Nodes + ?Sized>(t: &N, old: u64, new: u64)
     Ok(Some(proof))
 }
 
-fn subproof<N: Nodes + ?Sized>(t: &N, m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<Hash>) -> std::io::Result<()> {
+fn subproof<N: Nodes + ?Sized>(t: &N, m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<Hash>) -> Result<(), N::Error> {
     let n = hi - lo;
     if m == n {
         if !complete {

@@ -314,8 +314,7 @@ impl TreeFiles {
     /// The byte offsets of records `start..end` in `entries.log`, followed by the offset
     /// just after record `end - 1`.
     pub(crate) fn record_offsets(&self, start: u64, end: u64) -> Result<Vec<u64>, Error> {
-        let stored_end = end.min(self.size());
-        let read_to = if end < self.size() { end + 1 } else { stored_end };
+        let read_to = (end + 1).min(self.size());
         let mut raw = vec![0u8; (read_to.saturating_sub(start) * OFFSET_LEN) as usize];
         self.offsets.read_at(&mut raw, start * OFFSET_LEN)?;
         let mut out: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))).collect();
@@ -341,12 +340,14 @@ pub(crate) struct Streams {
 }
 
 impl Nodes for TreeFiles {
+    type Error = Error;
+
     fn leaf_count(&self) -> u64 {
         self.size()
     }
 
-    fn node(&self, level: u32, index: u64) -> std::io::Result<Hash> {
-        self.read_node(level, index).map_err(|e| std::io::Error::other(e.to_string()))
+    fn node(&self, level: u32, index: u64) -> Result<Hash, Error> {
+        self.read_node(level, index)
     }
 }
 

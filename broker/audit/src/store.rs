@@ -114,6 +114,13 @@ pub(crate) struct Stop {
     pub at_end: bool,
 }
 
+impl Stop {
+    /// The error for a stop that is not a torn tail to cut: `file` names the file read.
+    pub(crate) fn corrupt(&self, file: &'static str) -> crate::Error {
+        crate::Error::Corrupt { file, index: self.seq, what: self.damage.describe() }
+    }
+}
+
 /// Streams records of one file, checking framing, sequence and hash.
 pub(crate) struct RecordReader<R: Read> {
     inner: BufReader<R>,
