@@ -87,10 +87,7 @@ fn damaged_tree_files_are_found_by_the_check_and_rebuilt_by_the_next_open() {
     build(dir.path());
     // Leaf 5's hash, deep inside the tree: the peaks (and so the signed root) still match,
     // which is what opening checks. Leaf 5 is node 8 in post-order.
-    let nodes = dir.path().join("tree.nodes");
-    let mut bytes = std::fs::read(&nodes).unwrap();
-    bytes[8 * 32] ^= 0x40;
-    std::fs::write(&nodes, &bytes).unwrap();
+    edit(&dir.path().join("tree.nodes"), |b| b[8 * 32] ^= 0x40);
 
     let log = open(dir.path());
     assert_eq!(log.entries_read_on_open(), N - 64);
@@ -121,10 +118,7 @@ fn a_mark_that_cannot_be_trusted_means_reading_every_entry() {
         ("a short node file", |d| truncate_by(&d.join("tree.nodes"), (137 - 127 + 1) * 32)),
         ("a peak changed", |d| {
             // The peak of 64 leaves is the last node stored for them.
-            let p = d.join("tree.nodes");
-            let mut b = std::fs::read(&p).unwrap();
-            b[(2 * 64 - 1 - 1) * 32 + 3] ^= 1;
-            std::fs::write(&p, b).unwrap();
+            edit(&d.join("tree.nodes"), |b| b[(2 * 64 - 1 - 1) * 32 + 3] ^= 1);
         }),
     ];
     for (what, spoil) in spoils {
@@ -146,10 +140,7 @@ fn tree_files_longer_than_their_mark_are_cut_back() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
     for f in ["tree.nodes", "tree.offsets"] {
-        let p = dir.path().join(f);
-        let mut b = std::fs::read(&p).unwrap();
-        b.extend_from_slice(&[0xEE; 1000]);
-        std::fs::write(&p, b).unwrap();
+        edit(&dir.path().join(f), |b| b.extend_from_slice(&[0xEE; 1000]));
     }
     let log = open(dir.path());
     assert_eq!(log.entries_read_on_open(), N - 64);
@@ -159,6 +150,13 @@ fn tree_files_longer_than_their_mark_are_cut_back() {
         assert_eq!(log.append(&entry(N + i)).unwrap(), N + i);
     }
     serves_the_entries_tree(&log, dir.path());
+}
+
+/// Reads `path`, lets `f` change its bytes, and writes them back.
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(path).unwrap();
+    f(&mut bytes);
+    std::fs::write(path, bytes).unwrap();
 }
 
 fn mark_end(dir: &Path) -> u64 {
@@ -181,10 +179,7 @@ fn truncate_by(path: &Path, n: u64) {
 fn a_damaged_offset_is_an_error_on_reading_and_is_found_by_the_check() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
-    let offsets = dir.path().join("tree.offsets");
-    let mut bytes = std::fs::read(&offsets).unwrap();
-    bytes[20 * 8..21 * 8].copy_from_slice(&(1u64 << 50).to_be_bytes());
-    std::fs::write(&offsets, &bytes).unwrap();
+    edit(&dir.path().join("tree.offsets"), |b| b[20 * 8..21 * 8].copy_from_slice(&(1u64 << 50).to_be_bytes()));
 
     let log = open(dir.path());
     // Until the check has run, a read that meets the bad offset fails; it never allocates
@@ -207,11 +202,7 @@ fn a_damaged_checkpoint_index_is_an_error_on_listing_and_is_found_by_the_check()
     let dir = tempfile::tempdir().unwrap();
     let notes = build(dir.path());
     // Checkpoint 1's place now points at checkpoint 0's record.
-    let index = dir.path().join("tree.checkpoints");
-    let mut bytes = std::fs::read(&index).unwrap();
-    let first: [u8; 8] = bytes[..8].try_into().unwrap();
-    bytes[8..16].copy_from_slice(&first);
-    std::fs::write(&index, &bytes).unwrap();
+    edit(&dir.path().join("tree.checkpoints"), |b| b.copy_within(..8, 8));
 
     let log = open(dir.path());
     assert_eq!(log.entries_read_on_open(), N - 64, "the mark's own checkpoint (2) is where it says");
