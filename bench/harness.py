@@ -951,6 +951,13 @@ def bench_server(server, sets, args, work, pki):
 def cstore_section(server, r, args, sets, pki, work, skip_cstore=False):
     if skip_cstore:
         return qido_section(server, r, args)
+    r["cstore"] = cstore_once(server, sets, pki)
+    server.note_peak()
+    return qido_section(server, r, args)
+
+
+def cstore_once(server, sets, pki):
+    """One storescu run of the CT set into `server`, on fresh storage."""
     log(f"{server.name}: C-STORE with storescu (fresh storage)")
     server.start()
     if isinstance(server, Orthanc):
@@ -961,15 +968,38 @@ def cstore_section(server, r, args, sets, pki, work, skip_cstore=False):
             server.tls_note = "plain DICOM (TLS setup failed)"
             server.start()
             res = run_storescu(server.dicom, sets["ct"], False, pki, "ORTHANC", server.proc.pid)
-        r["cstore"] = res
     else:
         cpki = {"ca": server.ca, "client_cert": server.dev[0], "client_key": server.dev[1]}
-        r["cstore"] = run_storescu(server.dicom, sets["ct"], True, cpki, "CLEAVE", server.proc.pid)
-        r["cstore"]["phases_ms"] = server.phase_means_ms("dimse")
-    log(f"  {r['cstore']}")
-    server.note_peak()
+        res = run_storescu(server.dicom, sets["ct"], True, cpki, "CLEAVE", server.proc.pid)
+        res["phases_ms"] = server.phase_means_ms("dimse")
+    log(f"  {res}")
+    return res
 
-    return qido_section(server, r, args)
+
+def cstore_rounds(first, more):
+    """The C-STORE figures over every round, as medians, with each round's ratios.
+
+    Why rounds: on a shared virtual machine the same binary's rate swings by a factor of
+    two from one minute to the next (storescp alone went from 85 to 590 instances/s in one
+    session), so one run of each side compares the host's moods, not the servers. Each
+    round runs storescp, Orthanc and ours back to back, so a round's ratios compare runs a
+    few seconds apart; the median of those ratios is the figure, the range says how far
+    to trust it. `first` is the round the main pass made, `more` the extra ones.
+    """
+    rounds = [first] + more
+    out = {"rounds": len(rounds), "each": rounds}
+    for side in ("storescp", "orthanc", "cleave"):
+        for key in ("instances_s", "mb_s", "server_cpu_ms_per_instance", "sender_cpu_ms_per_instance"):
+            xs = [r[side][key] for r in rounds if isinstance(r.get(side), dict) and isinstance(r[side].get(key), (int, float))]
+            if xs:
+                out.setdefault(side, {})[key] = round(statistics.median(xs), 3)
+    for num, den in (("cleave", "storescp"), ("orthanc", "storescp"), ("cleave", "orthanc")):
+        xs = [r[num]["instances_s"] / r[den]["instances_s"] for r in rounds
+              if all(isinstance(r.get(k), dict) and r[k].get("instances_s") for k in (num, den))]
+        if xs:
+            out[f"{num}/{den}"] = {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3),
+                                   "max": round(max(xs), 3), "each": [round(x, 3) for x in xs]}
+    return out
 
 
 def qido_section(server, r, args):
@@ -1031,6 +1061,14 @@ def machine():
             "kernel": platform.release()}
 
 
+def get_path(d, *path):
+    for k in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
 def fmt(v, unit=""):
     return NA if v is None else f"{v:g}{unit}"
 
@@ -1044,6 +1082,13 @@ def short(reason):
 
 def table(res, args):
     o, c = res.get("orthanc", {}), res.get("cleave", {})
+    sp = res.get("storescp", {})
+    rounds = res.get("cstore_rounds")
+    if rounds:
+        # The C-STORE rows give each side's median over the rounds.
+        o = dict(o, cstore={**(get_path(o, "cstore") or {}), **rounds.get("orthanc", {})})
+        c = dict(c, cstore={**(get_path(c, "cstore") or {}), **rounds.get("cleave", {})})
+        sp = {**sp, **rounds.get("storescp", {})}
     rows = []
 
     def get(d, *path):
@@ -1072,7 +1117,8 @@ def table(res, args):
     if args.mammo:
         row(f"STOW-RS mammography ({args.mammo} × 50 MB), 1 client, MB/s", ("stow_mammo_1", "mb_s"))
     tls_o = get(o, "cstore", "tls")
-    row(f"C-STORE storescu, CT, instances/s (Orthanc: {'DICOM TLS' if tls_o else 'plain DICOM'}; ours: DICOM TLS)",
+    med = f", median of {rounds['rounds']} rounds" if rounds else ""
+    row(f"C-STORE storescu, CT, instances/s (Orthanc: {'DICOM TLS' if tls_o else 'plain DICOM'}; ours: DICOM TLS{med})",
         ("cstore", "instances_s"))
     row("C-STORE storescu, CT, MB/s", ("cstore", "mb_s"))
     row("C-STORE storescu, CT, server CPU ms per instance (lower is better)", ("cstore", "server_cpu_ms_per_instance"))
@@ -1087,8 +1133,17 @@ def table(res, args):
         row(f"STOW-RS {args.big_mb} MB multi-frame, RSS above idle during upload, MiB", ("big", "above_idle_mib"))
         row(f"STOW-RS {args.big_mb} MB multi-frame, MB/s", ("big", "mb_s"))
     row("Peak resident memory over the run (VmHWM), MiB", ("peak", "peak_rss_mib"))
-    sp = res.get("storescp", {})
     m = res["machine"]
+
+    def ratio_text(num, den, label):
+        r = (rounds or {}).get(f"{num}/{den}")
+        if r:
+            each = ", ".join(f"{x:.2f}" for x in r["each"])
+            return f"; {label} = {r['median']:.2f}, the median of {len(r['each'])} rounds ({each})"
+        a = get_path(c if num == "cleave" else o, "cstore", "instances_s")
+        if isinstance(a, (int, float)) and sp.get("instances_s"):
+            return f"; {label} = {a / sp['instances_s']:.2f}"
+        return ""
     lines = [
         f"Measured {res['started']} on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM "
         f"(Linux {m['kernel']}); Orthanc {res.get('orthanc_version', '?')}, dcmtk storescu/storescp.",
@@ -1097,14 +1152,13 @@ def table(res, args):
         "|---|---|---|---|",
         *rows,
         "",
-        f"C-STORE ceiling, dcmtk storescp writing files ({'DICOM TLS' if sp.get('tls') else 'plain DICOM'}): "
+        f"C-STORE ceiling, dcmtk storescp writing files ({'DICOM TLS' if sp.get('tls') else 'plain DICOM'}{med}): "
         f"{fmt(sp.get('instances_s'))} instances/s, {fmt(sp.get('mb_s'))} MB/s"
         + (f", {fmt(sp.get('server_cpu_ms_per_instance'))} ms CPU per instance" if sp.get("server_cpu_ms_per_instance") else "")
         + (f" ({sp['reason']})" if sp.get("reason") else "")
-        + (f"; ours/storescp = {get(c, 'cstore', 'instances_s') / sp['instances_s']:.2f}"
-           if isinstance(get(c, 'cstore', 'instances_s'), (int, float)) and sp.get("instances_s") else "")
-        + (f"; Orthanc/storescp = {get(o, 'cstore', 'instances_s') / sp['instances_s']:.2f}"
-           if isinstance(get(o, 'cstore', 'instances_s'), (int, float)) and sp.get("instances_s") else "")
+        + ratio_text("cleave", "storescp", "ours/storescp")
+        + ratio_text("orthanc", "storescp", "Orthanc/storescp")
+        + ratio_text("cleave", "orthanc", "ours/Orthanc, round by round")
         + ".",
         "",
         "Goals (reported, not asserted): ingest ≥ 1.5× Orthanc's instances/s; WADO-RS p99 no worse than "
@@ -1128,6 +1182,9 @@ def main():
                     help="seconds allowed per server to index them (default 300)")
     ap.add_argument("--qido-queries", type=int, default=300)
     ap.add_argument("--wado-requests", type=int, default=400, help="WADO-RS requests per concurrency level")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="C-STORE rounds, each storescp, Orthanc and ours back to back; the table gives the "
+                         "medians and each round's ratio (default 3; 1 for a single pass)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny counts")
     ap.add_argument("--only", choices=["orthanc", "cleave", "both"], default="both")
     ap.add_argument("--section", choices=["all", "stow", "cstore", "qido"], default="all",
@@ -1140,6 +1197,7 @@ def main():
     if args.quick:
         args.ct, args.patients, args.mammo, args.big_mb = 40, 4, 1, 64
         args.qido_studies, args.qido_queries, args.wado_requests = 500, 60, 80
+        args.rounds = 1
     if args.section in ("cstore", "qido"):
         # Only the STOW-RS section uses the mammography and big instances: do not make them.
         args.mammo, args.big_mb = 0, 0
@@ -1193,6 +1251,26 @@ def main():
                 res["cleave"] = {"error": str(e)[:300]}
             finally:
                 c.stop()
+
+    if args.section in ("all", "cstore") and args.rounds > 1:
+        first = {"storescp": res["storescp"], "orthanc": get_path(res, "orthanc", "cstore"), "cleave": get_path(res, "cleave", "cstore")}
+        more = []
+        for n in range(2, args.rounds + 1):
+            log(f"C-STORE round {n} of {args.rounds}")
+            rnd = {"storescp": storescp_ceiling(work, sets["ct"], pki)}
+            log(f"  storescp {rnd['storescp']}")
+            for name, make in (("orthanc", lambda: Orthanc(work, pki)), ("cleave", lambda: Cleave(work, args.cleave_bin))):
+                if not isinstance(get_path(res, name, "cstore"), dict) or "instances_s" not in res[name]["cstore"]:
+                    continue  # that side did not run, or failed: nothing to repeat
+                srv = make()
+                try:
+                    rnd[name] = cstore_once(srv, sets, pki)
+                except Exception as e:
+                    rnd[name] = {"reason": str(e)[:300]}
+                finally:
+                    srv.stop()
+            more.append(rnd)
+        res["cstore_rounds"] = cstore_rounds(first, more)
 
     md = table(res, args)
     print(md)
