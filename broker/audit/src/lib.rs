@@ -11,6 +11,8 @@
 //! inclusion and consistency proofs. Auditors check all of it with [`verify`], which needs
 //! only the entries, the checkpoints and the public key, and names the first bad leaf or
 //! checkpoint. [`atna`] exports entries as DICOM PS3.15 A.5 / IHE ATNA audit messages.
+//! [`AuditLog::list`] answers "who touched this patient" from a derived reference index,
+//! checked against the entries before it is used.
 //!
 //! Formats: `broker/audit/FORMAT.md`; the ATNA mapping: `broker/audit/README.md`.
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@ pub mod atna;
 mod checkpoint;
 mod entry;
 mod error;
+mod index;
 mod log;
 pub mod merkle;
 mod nodes;

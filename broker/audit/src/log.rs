@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{check_origin, note_text, Checkpoint, CheckpointSigner, CheckpointVerifier, SignedCheckpoint};
 use crate::entry::{Actor, ActorKind, Entry, Operation, Outcome, OutcomeClass, ResourceRef, Timestamp};
+use crate::index::{self, IndexReader, PostingsDigest, RefIndex};
 use crate::merkle::{consistency_proof_of, inclusion_proof_of, root_of, Hash};
 use crate::nodes::{Mark, Peaks, Streams, Syncer, TreeFiles};
 use crate::pending::{Completion, PendingAppend, Responder};
@@ -218,6 +219,16 @@ struct Shared {
     checked_cv: std::sync::Condvar,
     /// Asks the background check to stop (the log is closing).
     closing: AtomicBool,
+    /// The reference index (`index.rs`): the directory holding it; how many leading leaves
+    /// it holds, once it may be used (built or checked in this process, else 0); the
+    /// listing side's connection; and what wakes the thread that keeps it.
+    dir: PathBuf,
+    index_usable: std::sync::atomic::AtomicU64,
+    /// Moves on each time the index file is replaced, so the listing side reopens it.
+    index_generation: std::sync::atomic::AtomicU64,
+    index_reader: Mutex<Option<(u64, IndexReader)>>,
+    index_wake: Mutex<()>,
+    index_cv: std::sync::Condvar,
     /// Held for the lifetime of the log: the flock on `LOCK`.
     _lock: File,
 }
@@ -236,6 +247,7 @@ pub struct AuditLog {
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     checker: Option<JoinHandle<()>>,
+    indexer: Option<JoinHandle<()>>,
     recovery: Vec<Recovery>,
     read_on_open: u64,
 }
@@ -611,6 +623,150 @@ fn check_history(shared: Arc<Shared>, mut streams: Streams, size: u64, checkpoin
     shared.checked_cv.notify_all();
 }
 
+type IndexError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The thread that keeps the reference index (`index.rs`) up to date with the log, for as
+/// long as the log is open.
+///
+/// An index file found on opening is used only once it is checked: its postings for the
+/// leaves it holds must have the digest that the entries themselves give (a missing
+/// posting would hide an entry from a listing). Until then, and whenever it cannot keep
+/// up, listings read the log. An index of another log, or of leaves this log no longer
+/// has, and one that fails the check, are emptied and rebuilt.
+fn keep_index(shared: Arc<Shared>) {
+    let mut ix = match RefIndex::open(&shared.dir) {
+        Ok(ix) => ix,
+        Err(e) => {
+            tracing::error!(error = %e, "audit log: the reference index cannot be opened; listings by patient or account read the whole log");
+            return;
+        }
+    };
+    let leaf_at = |i: u64| -> Option<Hash> {
+        let st = read_state(&shared);
+        if i >= st.tree.size() {
+            return None;
+        }
+        st.tree.leaves(i, i + 1).ok().and_then(|v| v.first().copied())
+    };
+    let found = ix.progress().ok().filter(|p| p.indexed == 0 || leaf_at(p.indexed - 1) == p.last_leaf);
+    // Leaves below this are in the file from before and not yet checked.
+    let mut unchecked = match found {
+        Some(p) => p.indexed,
+        None => {
+            tracing::warn!("audit log: the reference index belongs to another log or is ahead of this one; rebuilding it");
+            if let Err(e) = ix.clear() {
+                tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings read the whole log");
+                return;
+            }
+            0
+        }
+    };
+    let publish = |ix: &RefIndex| {
+        if let Ok(p) = ix.progress() {
+            shared.index_usable.store(p.indexed, Ordering::Release);
+        }
+    };
+    let mut idle = false;
+    while !shared.closing.load(Ordering::SeqCst) {
+        if idle {
+            // `closing` is set under this lock before the wake-up (`Drop`), so it is never
+            // missed here.
+            let g = shared.index_wake.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.closing.load(Ordering::SeqCst) {
+                break;
+            }
+            let _ = shared.index_cv.wait_timeout(g, Duration::from_secs(1));
+        }
+        let step: Result<bool, IndexError> = if unchecked > 0 {
+            index_matches(&shared, &ix, unchecked).and_then(|ok| {
+                if !ok {
+                    tracing::error!("audit log: the reference index does not match the entries (altered or damaged); rebuilding it");
+                    shared.index_usable.store(0, Ordering::Release);
+                    ix.clear()?;
+                } else {
+                    tracing::info!(entries = unchecked, "audit log: reference index checked");
+                }
+                unchecked = 0;
+                Ok(true)
+            })
+        } else {
+            index_more(&shared, &mut ix)
+        };
+        match step {
+            Ok(worked) => {
+                if unchecked == 0 {
+                    publish(&ix);
+                }
+                idle = !worked;
+            }
+            Err(e) if shared.closing.load(Ordering::SeqCst) => {
+                tracing::debug!(error = %e, "audit log: reference index stopped by closing");
+                break;
+            }
+            Err(e) if e.is::<rusqlite::Error>() => {
+                // The file itself fails (damaged, disk full): listings stop using it, and it
+                // is replaced by a new one built from the first entry.
+                tracing::warn!(error = %e, "audit log: the reference index failed; rebuilding it");
+                shared.index_usable.store(0, Ordering::Release);
+                shared.index_generation.fetch_add(1, Ordering::AcqRel);
+                drop(ix);
+                index::remove(&shared.dir.join(index::INDEX_FILE));
+                ix = match RefIndex::open(&shared.dir) {
+                    Ok(ix) => ix,
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings by patient or account read the whole log");
+                        return;
+                    }
+                };
+                unchecked = 0;
+                idle = true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "audit log: the reference index could not be brought up to date; retrying");
+                idle = true;
+            }
+        }
+    }
+}
+
+/// Indexes the next entries the index has not reached; `false` when there were none.
+fn index_more(shared: &Shared, ix: &mut RefIndex) -> Result<bool, IndexError> {
+    let p = ix.progress()?;
+    let size = read_state(shared).tree.size();
+    if p.indexed >= size {
+        return Ok(false);
+    }
+    let raws = raw_entries(shared, p.indexed, (size - p.indexed).min(4096) as usize)?;
+    let mut batch = Vec::with_capacity(raws.len());
+    for r in &raws {
+        batch.push((Entry::from_canonical_bytes(&r.bytes, r.index)?, crate::merkle::leaf_hash(&r.bytes)));
+    }
+    ix.add(p.indexed, &batch)?;
+    Ok(true)
+}
+
+/// Whether the index's postings of leaves `0..below` are exactly those the entries call for.
+fn index_matches(shared: &Shared, ix: &RefIndex, below: u64) -> Result<bool, IndexError> {
+    let mut want = PostingsDigest::default();
+    let mut at = 0;
+    while at < below {
+        if shared.closing.load(Ordering::SeqCst) {
+            return Err("the log is closing".into());
+        }
+        let raws = raw_entries(shared, at, (below - at).min(4096) as usize)?;
+        if raws.is_empty() {
+            return Err("the log is shorter than the index".into());
+        }
+        for r in &raws {
+            for k in index::keys_of(&Entry::from_canonical_bytes(&r.bytes, r.index)?) {
+                want.add(&k, r.index);
+            }
+        }
+        at += raws.len() as u64;
+    }
+    Ok(ix.digest_below(below)? == want)
+}
+
 impl AuditLog {
     /// Open (or create) the log in `dir`, a directory of its own apart from both stores.
     /// `signing_key` is the `KeyPurpose::AuditSigning` key. Repairs a crash tail (see the
@@ -772,6 +928,12 @@ impl AuditLog {
             checked: Mutex::new(if from.size > 0 { Checked::Running } else { Checked::Passed }),
             checked_cv: std::sync::Condvar::new(),
             closing: AtomicBool::new(false),
+            dir: dir.to_owned(),
+            index_usable: std::sync::atomic::AtomicU64::new(0),
+            index_generation: std::sync::atomic::AtomicU64::new(0),
+            index_reader: Mutex::new(None),
+            index_wake: Mutex::new(()),
+            index_cv: std::sync::Condvar::new(),
             _lock: lock,
         });
         // Everything up to the mark was taken on trust from the tree files (checked only
@@ -796,9 +958,14 @@ impl AuditLog {
             .name("cleave-audit-writer".into())
             .spawn(move || writer_loop(writer_shared, entries_file, rx, options))
             .map_err(|e| Error::io("start writer thread for", dir, e))?;
+        let index_shared = Arc::clone(&shared);
+        let indexer = std::thread::Builder::new()
+            .name("cleave-audit-index".into())
+            .spawn(move || keep_index(index_shared))
+            .map_err(|e| Error::io("start the reference index thread for", dir, e))?;
         let read_on_open = read_state(&shared).tree.size() - from.size;
         tracing::info!(entries = from.size + read_on_open, read = read_on_open, "audit log: opened");
-        let log = AuditLog { shared, tx: Some(tx), writer: Some(writer), checker, recovery, read_on_open };
+        let log = AuditLog { shared, tx: Some(tx), writer: Some(writer), checker, indexer: Some(indexer), recovery, read_on_open };
         if let Some(r) = log.recovery.iter().find(|r| r.file == "entries") {
             tracing::warn!(first_dropped = r.first_dropped, bytes = r.dropped_bytes, "audit log: cut a torn tail after a crash");
             log.append(&Entry::new(
@@ -972,16 +1139,82 @@ impl AuditLog {
     }
 
     /// List entries matching `query`, one page at a time. Examines at most 100 000 entries
-    /// per call; `Page::next` continues the scan.
+    /// per call; `Page::next` continues the scan. A query by resource or account reads
+    /// the reference index (`index.rs`) for the leaves it has reached, and examines only
+    /// the entries it names there.
     pub fn list(&self, query: &Query) -> Result<Page, Error> {
         let limit = match query.limit {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
         };
+        let key = match (&query.resource, &query.account) {
+            (Some(r), _) => Some(index::resource_key(r)),
+            (None, Some(a)) => Some(index::account_key(a)),
+            (None, None) => None,
+        };
+        if let Some(key) = key {
+            if let Some(page) = self.list_indexed(query, &key, limit)? {
+                return Ok(page);
+            }
+        }
+        self.scan(query, query.start, limit, Vec::new())
+    }
+
+    /// The entries the index names under `key`, from `query.start`, then a scan of what it
+    /// has not reached. `None` when the index cannot be used (the caller scans everything).
+    fn list_indexed(&self, query: &Query, key: &[u8], limit: usize) -> Result<Option<Page>, Error> {
+        const BATCH: usize = 256;
+        let usable = self.shared.index_usable.load(Ordering::Acquire);
+        if usable == 0 {
+            return Ok(None);
+        }
         let size = self.size();
-        let stop = query.start.saturating_add(MAX_SCAN).min(size);
         let mut entries = Vec::new();
         let mut cursor = query.start;
+        let generation = self.shared.index_generation.load(Ordering::Acquire);
+        let mut reader = self.shared.index_reader.lock().unwrap_or_else(|p| p.into_inner());
+        if reader.as_ref().is_none_or(|(g, _)| *g != generation) {
+            *reader = IndexReader::open(&self.shared.dir).map(|r| (generation, r));
+        }
+        let Some((_, r)) = reader.as_mut() else { return Ok(None) };
+        loop {
+            let (progress, leaves) = match r.postings(key, cursor, BATCH) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit log: the reference index could not be read; scanning instead");
+                    *reader = None;
+                    return Ok(None);
+                }
+            };
+            // Only as far as this process has built or checked it.
+            let reached = progress.indexed.min(usable).min(size);
+            for &leaf in leaves.iter().filter(|&&l| l < reached) {
+                let Some(raw) = self.raw_entries(leaf, 1)?.pop() else { continue };
+                let e = Entry::from_canonical_bytes(&raw.bytes, raw.index)?;
+                cursor = leaf + 1;
+                if query.matches(&e) {
+                    entries.push((leaf, e));
+                    if entries.len() == limit {
+                        return Ok(Some(Page { entries, next: (cursor < size).then_some(cursor) }));
+                    }
+                }
+            }
+            if leaves.len() < BATCH || leaves.last().is_some_and(|&l| l >= reached) {
+                // Every posting below `reached` is read: scan what the index has not reached.
+                cursor = cursor.max(reached);
+                break;
+            }
+        }
+        drop(reader);
+        self.scan(query, cursor, limit, entries).map(Some)
+    }
+
+    /// Reads entries from leaf `from` (at most 100 000) and adds those matching `query` to
+    /// `entries` until it holds `limit`.
+    fn scan(&self, query: &Query, from: u64, limit: usize, mut entries: Vec<(u64, Entry)>) -> Result<Page, Error> {
+        let size = self.size();
+        let stop = from.saturating_add(MAX_SCAN).min(size);
+        let mut cursor = from;
         while cursor < stop && entries.len() < limit {
             let chunk = self.raw_entries(cursor, 512.min((stop - cursor) as usize))?;
             for raw in chunk {
@@ -998,6 +1231,27 @@ impl AuditLog {
         let next = if cursor < size { Some(cursor) } else { None };
         Ok(Page { entries, next })
     }
+
+    /// Waits at most `timeout` until the reference index may be used for every entry
+    /// appended before this call (for tests and benchmarks: listings never wait for it,
+    /// they scan what it has not reached). `false` if it did not get there.
+    pub fn wait_indexed(&self, timeout: Duration) -> bool {
+        let target = self.size();
+        let give_up = Instant::now() + timeout;
+        loop {
+            if target == 0 || self.shared.index_usable.load(Ordering::Acquire) >= target {
+                return true;
+            }
+            if Instant::now() >= give_up || self.indexer.as_ref().is_none_or(|h| h.is_finished()) {
+                return false;
+            }
+            {
+                let _g = self.shared.index_wake.lock().unwrap_or_else(|p| p.into_inner());
+                self.shared.index_cv.notify_all();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Drop for AuditLog {
@@ -1007,9 +1261,16 @@ impl Drop for AuditLog {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        self.shared.closing.store(true, Ordering::SeqCst);
+        {
+            let _g = self.shared.index_wake.lock().unwrap_or_else(|p| p.into_inner());
+            self.shared.closing.store(true, Ordering::SeqCst);
+            self.shared.index_cv.notify_all();
+        }
         if let Some(c) = self.checker.take() {
             let _ = c.join();
+        }
+        if let Some(i) = self.indexer.take() {
+            let _ = i.join();
         }
     }
 }
