@@ -1,10 +1,8 @@
 //! T8: an insider with write access to the disk edits the audit log to hide what they did:
 //! changes an outcome, deletes their entry, cuts the tail, rolls the log back, or rebuilds
 //! it under another key. The auditor's verification (with only the public key and the last
-//! checkpoint they saw) must catch each, and name where.
-//!
-//! The broker does not write its decisions to `cleave-audit` yet (its sink is a log line),
-//! so this attacks the audit log crate directly, as files on disk.
+//! checkpoint they saw) must catch each, and name where. The same insider against the
+//! broker's own log and its reference index: the broker must notice too.
 mod common;
 
 use std::path::Path;
@@ -267,4 +265,70 @@ async fn broker_audit_log_rewritten_on_disk_is_detected() {
         assert_eq!(a.status, 503, "every request stays refused: {}", a.body);
     }
     drop(b);
+}
+
+/// The reference index an auditor's listing by account or patient reads
+/// (`broker/audit/src/index.rs`) is a plain SQLite file next to the log, outside the Merkle
+/// tree. The insider, with the disk and the server stopped, deletes the postings that point
+/// at their own entries, so that "what did mallory do" comes back empty. The broker checks
+/// the index against the entries on every start before it uses it: the listing stays
+/// complete throughout, and the index is rebuilt.
+#[tokio::test]
+async fn audit_index_edited_on_disk_hides_nothing() {
+    let b = common::start(common::TEST_CONFIG, false).await;
+    let mallory = common::person(&b, "mallory", broker::Role::Nurse).await;
+    let auditor = common::person(&b, "auditor1", broker::Role::Auditor).await;
+    let a = common::call(b.addr(), mallory.cfg.clone(), "GET", "/api/v1/audit/checkpoint", &mallory.token).await;
+    assert_eq!(a.status, 403);
+    let listed = |b: &common::Broker| {
+        let (addr, cfg, token) = (b.addr(), auditor.cfg.clone(), auditor.token.clone());
+        async move {
+            let r = common::call(addr, cfg, "GET", "/api/v1/audit/entries?account=mallory&limit=1000", &token).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()["entries"].as_array().unwrap().iter().map(|e| e["index"].as_u64().unwrap()).collect::<Vec<u64>>()
+        }
+    };
+    let before = listed(&b).await;
+    assert!(!before.is_empty(), "mallory's denied attempt is listed");
+
+    let dir = b.data().join("audit");
+    let index = dir.join("refs.sqlite");
+    let key = b"account:mallory".to_vec();
+    let postings = |index: &Path| -> i64 {
+        let Ok(db) = rusqlite::Connection::open_with_flags(index, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return -1 };
+        db.query_row("SELECT count(*) FROM postings WHERE key = ?1", [&key], |r| r.get(0)).unwrap_or(-1)
+    };
+    // The broker indexes in the background: wait until mallory's entries are in the file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while postings(&index) < before.len() as i64 {
+        assert!(std::time::Instant::now() < deadline, "the broker never indexed mallory's entries");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let b_dir = b.dir;
+    drop(b.running);
+
+    // The edit: mallory's postings gone, the rest of the file as it was.
+    let db = rusqlite::Connection::open(&index).unwrap();
+    let removed = db.execute("DELETE FROM postings WHERE key = ?1", [&key]).unwrap();
+    assert_eq!(removed, before.len(), "every posting of mallory's entries was removed");
+    drop(db);
+    assert_eq!(postings(&index), 0);
+
+    let mut opts = broker::ServeOptions::new(b_dir.path());
+    opts.listen = Some("127.0.0.1:0".parse().unwrap());
+    let b = common::Broker { dir: b_dir, running: broker::start(opts).await.expect("the broker starts") };
+    // Right away (the index not yet checked, so not used) and until it has been rebuilt
+    // (then used), the listing names every one of mallory's entries from before.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = listed(&b).await;
+        assert!(before.iter().all(|i| now.contains(i)), "an entry of mallory's is hidden: {before:?} against {now:?}");
+        if postings(&dir.join("refs.sqlite")) >= before.len() as i64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the altered index was never found and rebuilt");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let now = listed(&b).await;
+    assert!(before.iter().all(|i| now.contains(i)), "after the rebuild: {before:?} against {now:?}");
 }
