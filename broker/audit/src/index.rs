@@ -17,11 +17,11 @@
 //!   the log (checked against its leaf hash, and against the whole query), and scans the
 //!   leaves the index has not reached yet. A posting that is wrong or added is filtered out
 //!   by that check; only a *missing* posting could hide an entry, and the check on opening
-//!   (`log.rs`, `keep_index`) finds those: it recomputes a digest of every posting from the
-//!   entries and compares it with the file's. On a mismatch the index is emptied and
-//!   rebuilt. Until then, listings scan.
-//! * The file is never fsync'd (`synchronous = OFF`): it is checked against the entries on
-//!   every open anyway, so a file that power loss left behind or damaged is found like an
+//!   (`RefIndex::check`) finds those: the file stores a digest of its postings with a tag
+//!   only this log's broker can make (keyed with a key derived from the audit-signing
+//!   key), and the postings it holds must have that digest. On a mismatch the index is
+//!   emptied and rebuilt. Until then, listings scan.
+//! * The file is never fsync'd (`synchronous = OFF`): it is checked on every open anyway, so a file that power loss left behind or damaged is found like an
 //!   altered one, and the log's own appends (on the path every request waits for) do not
 //!   share the disk with a second set of syncs. A file that is damaged, of an unknown
 //!   format, or indexes leaves this log does not have (its last leaf hash differs) is
@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
+
+use cleave_keys::Key32;
 
 use crate::entry::Entry;
 use crate::merkle::Hash;
@@ -65,6 +67,25 @@ pub(crate) fn keys_of(e: &Entry) -> Vec<Vec<u8>> {
 pub(crate) struct PostingsDigest([u64; 4]);
 
 impl PostingsDigest {
+    fn to_bytes(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, limb) in self.0.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&limb.to_le_bytes());
+        }
+        out
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<PostingsDigest> {
+        if b.len() != 32 {
+            return None;
+        }
+        let mut d = PostingsDigest::default();
+        for (i, limb) in d.0.iter_mut().enumerate() {
+            *limb = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().ok()?);
+        }
+        Some(d)
+    }
+
     pub(crate) fn add(&mut self, key: &[u8], leaf: u64) {
         let mut h = Sha256::new();
         h.update((key.len() as u64).to_be_bytes());
@@ -81,9 +102,17 @@ impl PostingsDigest {
     }
 }
 
+/// The BLAKE3 context that derives the index's tag key from the audit-signing key.
+pub(crate) const TAG_CONTEXT: &str = "cleave-audit/1 reference index tag";
+
 /// An open index file.
 pub(crate) struct RefIndex {
     conn: Connection,
+    /// Keys the tag over (origin, progress, digest): only this log's broker can write one.
+    tag_key: Key32,
+    origin: String,
+    /// The digest of every posting in the file, kept up to date as postings are added.
+    digest: PostingsDigest,
 }
 
 /// How far an index file has got.
@@ -98,19 +127,22 @@ pub(crate) struct Progress {
 impl RefIndex {
     /// Opens the index in `dir`, creating it, or recreating it if it is not a readable
     /// index of the known format.
-    pub(crate) fn open(dir: &Path) -> Result<RefIndex, rusqlite::Error> {
+    /// `tag_key` is derived from the log's audit-signing key with [`TAG_CONTEXT`].
+    pub(crate) fn open(dir: &Path, origin: &str, tag_key: &Key32) -> Result<RefIndex, rusqlite::Error> {
         let path = dir.join(INDEX_FILE);
-        match Self::open_at(&path) {
-            Ok(ix) => Ok(ix),
+        let tag_key = Key32::from_bytes(&mut tag_key.expose().to_owned());
+        let conn = match Self::open_at(&path) {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "audit log: the reference index is unreadable; rebuilding it");
                 remove(&path);
-                Self::open_at(&path)
+                Self::open_at(&path)?
             }
-        }
+        };
+        Ok(RefIndex { conn, tag_key, origin: origin.to_owned(), digest: PostingsDigest::default() })
     }
 
-    fn open_at(path: &PathBuf) -> Result<RefIndex, rusqlite::Error> {
+    fn open_at(path: &PathBuf) -> Result<Connection, rusqlite::Error> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
@@ -129,8 +161,63 @@ impl RefIndex {
             // Unknown: fail closed (not read), and start again.
             Some(_) => return Err(rusqlite::Error::InvalidQuery),
         }
-        Ok(RefIndex { conn })
+        Ok(conn)
     }
+
+    /// The tag over what the file claims to hold.
+    fn tag(&self, p: &Progress, digest: &PostingsDigest) -> [u8; 32] {
+        tag_of(&self.tag_key, &self.origin, p, digest)
+    }
+
+    /// Whether the file holds exactly the postings its broker wrote into it: the stored
+    /// digest carries this log's tag, and the postings in the file have that digest (a
+    /// scan of the postings, not of the entries). From then on the digest is kept as
+    /// postings are added. `false`: the caller empties the file.
+    pub(crate) fn check(&mut self) -> Result<bool, rusqlite::Error> {
+        let p = self.progress()?;
+        let stored: Option<Vec<u8>> = self.conn.query_row("SELECT v FROM meta WHERE k = 'digest'", [], |r| r.get(0)).optional()?;
+        let tag: Option<Vec<u8>> = self.conn.query_row("SELECT v FROM meta WHERE k = 'tag'", [], |r| r.get(0)).optional()?;
+        let (Some(stored), Some(tag)) = (stored, tag) else { return Ok(p.indexed == 0 && self.count()? == 0) };
+        let Some(stored) = PostingsDigest::from_bytes(&stored) else { return Ok(false) };
+        let want = self.tag(&p, &stored);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &tag[..])) {
+            return Ok(false);
+        }
+        let found = self.digest_below(u64::MAX)?;
+        if found != stored {
+            return Ok(false);
+        }
+        self.digest = found;
+        Ok(true)
+    }
+
+    fn count(&self) -> Result<i64, rusqlite::Error> {
+        self.conn.query_row("SELECT count(*) FROM postings", [], |r| r.get(0))
+    }
+
+}
+
+/// `BLAKE3-keyed(tag key, format || u64be(len(origin)) || origin || u64be(indexed) ||
+/// last_leaf (zeros when none) || digest)`: FORMAT.md, "Reference index".
+fn tag_of(key: &Key32, origin: &str, p: &Progress, digest: &PostingsDigest) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key.expose());
+    h.update(FORMAT.as_bytes());
+    h.update(&(origin.len() as u64).to_be_bytes());
+    h.update(origin.as_bytes());
+    h.update(&p.indexed.to_be_bytes());
+    h.update(&p.last_leaf.unwrap_or([0; 32]));
+    h.update(&digest.to_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Stores a digest and its tag for `p` (inside the caller's transaction).
+fn store_digest(tx: &rusqlite::Transaction<'_>, digest: &PostingsDigest, tag: &[u8; 32]) -> Result<(), rusqlite::Error> {
+    tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('digest', ?1)", [&digest.to_bytes()[..]])?;
+    tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('tag', ?1)", [&tag[..]])?;
+    Ok(())
+}
+
+impl RefIndex {
 
     pub(crate) fn progress(&self) -> Result<Progress, rusqlite::Error> {
         progress(&self.conn)
@@ -138,38 +225,50 @@ impl RefIndex {
 
     /// Forgets everything: the index starts again from the first leaf.
     pub(crate) fn clear(&mut self) -> Result<(), rusqlite::Error> {
+        let empty = PostingsDigest::default();
+        let tag = self.tag(&Progress { indexed: 0, last_leaf: None }, &empty);
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM postings", [])?;
         tx.execute("DELETE FROM meta WHERE k IN ('indexed', 'last_leaf')", [])?;
-        tx.commit()
+        store_digest(&tx, &empty, &tag)?;
+        tx.commit()?;
+        self.digest = empty;
+        Ok(())
     }
 
     /// Adds the postings of `entries` (leaves `from..`, in order, the next ones after
     /// [`progress`](Self::progress)) and moves the progress past them, in one transaction.
     pub(crate) fn add(&mut self, from: u64, entries: &[(Entry, Hash)]) -> Result<(), rusqlite::Error> {
+        let Some((_, last)) = entries.last() else { return Ok(()) };
+        let mut digest = self.digest;
         let tx = self.conn.transaction()?;
         {
-            let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO postings (key, leaf) VALUES (?1, ?2)")?;
+            // A plain INSERT: a posting already there means the file is not what the
+            // digest says, and the insert fails rather than count it twice.
+            let mut ins = tx.prepare_cached("INSERT INTO postings (key, leaf) VALUES (?1, ?2)")?;
             for (i, (e, _)) in entries.iter().enumerate() {
                 let leaf = from + i as u64;
                 for k in keys_of(e) {
                     ins.execute(params![k, leaf as i64])?;
+                    digest.add(&k, leaf);
                 }
             }
         }
-        if let Some((_, last)) = entries.last() {
-            let indexed = from + entries.len() as u64;
-            tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('indexed', ?1)", [indexed as i64])?;
-            tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_leaf', ?1)", [&last[..]])?;
-        }
-        tx.commit()
+        let p = Progress { indexed: from + entries.len() as u64, last_leaf: Some(*last) };
+        tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('indexed', ?1)", [p.indexed as i64])?;
+        tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_leaf', ?1)", [&last[..]])?;
+        store_digest(&tx, &digest, &tag_of(&self.tag_key, &self.origin, &p, &digest))?;
+        tx.commit()?;
+        self.digest = digest;
+        Ok(())
     }
 
     /// The digest of every posting of leaves `0..below`.
     pub(crate) fn digest_below(&self, below: u64) -> Result<PostingsDigest, rusqlite::Error> {
         let mut d = PostingsDigest::default();
         let mut q = self.conn.prepare("SELECT key, leaf FROM postings WHERE leaf < ?1")?;
-        let mut rows = q.query([below as i64])?;
+        // SQLite integers are signed: `u64::MAX` (every posting) must not wrap to -1.
+        let mut rows = q.query([below.min(i64::MAX as u64) as i64])?;
         while let Some(r) = rows.next()? {
             let key: Vec<u8> = r.get(0)?;
             let leaf: i64 = r.get(1)?;
@@ -241,6 +340,36 @@ pub(crate) fn remove(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::{Actor, ActorKind, Operation, Outcome};
+
+    #[test]
+    fn a_file_reopened_as_written_passes_the_check_and_no_other_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key32::from_bytes(&mut [7; 32]);
+        let entries: Vec<(Entry, Hash)> = (0..10u8)
+            .map(|i| (Entry::new(Actor::new(ActorKind::Staff, format!("u{i}")), Operation::Login, Outcome::Allowed), [i; 32]))
+            .collect();
+        {
+            let mut ix = RefIndex::open(dir.path(), "o", &key).unwrap();
+            assert!(ix.check().unwrap(), "a new file");
+            ix.add(0, &entries[..4]).unwrap();
+            ix.add(4, &entries[4..]).unwrap();
+        }
+        let mut ix = RefIndex::open(dir.path(), "o", &key).unwrap();
+        assert!(ix.check().unwrap(), "reopened as written: used, not rebuilt");
+        assert_eq!(ix.progress().unwrap(), Progress { indexed: 10, last_leaf: Some([9; 32]) });
+        // Tagged under another log's key, or another origin: not this log's.
+        assert!(!RefIndex::open(dir.path(), "o", &Key32::from_bytes(&mut [8; 32])).unwrap().check().unwrap());
+        assert!(!RefIndex::open(dir.path(), "p", &key).unwrap().check().unwrap());
+        // Postings removed or added.
+        ix.conn.execute("DELETE FROM postings WHERE leaf = 3", []).unwrap();
+        assert!(!ix.check().unwrap());
+        ix.clear().unwrap();
+        assert!(ix.check().unwrap(), "emptied, it is a valid empty index");
+        ix.add(0, &entries).unwrap();
+        ix.conn.execute("INSERT INTO postings (key, leaf) VALUES (x'00', 1)", []).unwrap();
+        assert!(!ix.check().unwrap());
+    }
 
     #[test]
     fn the_digest_is_order_independent_and_sees_each_posting() {

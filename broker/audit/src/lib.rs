@@ -12,7 +12,8 @@
 //! only the entries, the checkpoints and the public key, and names the first bad leaf or
 //! checkpoint. [`atna`] exports entries as DICOM PS3.15 A.5 / IHE ATNA audit messages.
 //! [`AuditLog::list`] answers "who touched this patient" from a derived reference index,
-//! checked against the entries before it is used.
+//! checked on each open before it is used (a digest of its postings under a tag only this
+//! log's key can make).
 //!
 //! Formats: `broker/audit/FORMAT.md`; the ATNA mapping: `broker/audit/README.md`.
 #![forbid(unsafe_code)]

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{check_origin, note_text, Checkpoint, CheckpointSigner, CheckpointVerifier, SignedCheckpoint};
 use crate::entry::{Actor, ActorKind, Entry, Operation, Outcome, OutcomeClass, ResourceRef, Timestamp};
-use crate::index::{self, IndexReader, PostingsDigest, RefIndex};
+use crate::index::{self, IndexReader, RefIndex};
 use crate::merkle::{consistency_proof_of, inclusion_proof_of, root_of, Hash};
 use crate::nodes::{Mark, Peaks, Streams, Syncer, TreeFiles};
 use crate::pending::{Completion, PendingAppend, Responder};
@@ -628,13 +628,14 @@ type IndexError = Box<dyn std::error::Error + Send + Sync>;
 /// The thread that keeps the reference index (`index.rs`) up to date with the log, for as
 /// long as the log is open.
 ///
-/// An index file found on opening is used only once it is checked: its postings for the
-/// leaves it holds must have the digest that the entries themselves give (a missing
-/// posting would hide an entry from a listing). Until then, and whenever it cannot keep
-/// up, listings read the log. An index of another log, or of leaves this log no longer
-/// has, and one that fails the check, are emptied and rebuilt.
-fn keep_index(shared: Arc<Shared>) {
-    let mut ix = match RefIndex::open(&shared.dir) {
+/// An index file found on opening is used only once it is checked: the digest of its
+/// postings must be the one stored with this log's tag (a missing posting would hide an
+/// entry from a listing). Until then, and whenever it cannot keep up, listings read the
+/// log. An index of another log, or of leaves this log no longer has, and one that fails
+/// the check, are emptied and rebuilt.
+fn keep_index(shared: Arc<Shared>, tag_key: Key32) {
+    let open = || RefIndex::open(&shared.dir, &shared.origin, &tag_key);
+    let mut ix = match open() {
         Ok(ix) => ix,
         Err(e) => {
             tracing::error!(error = %e, "audit log: the reference index cannot be opened; listings by patient or account read the whole log");
@@ -648,19 +649,16 @@ fn keep_index(shared: Arc<Shared>) {
         }
         st.tree.leaves(i, i + 1).ok().and_then(|v| v.first().copied())
     };
-    let found = ix.progress().ok().filter(|p| p.indexed == 0 || leaf_at(p.indexed - 1) == p.last_leaf);
-    // Leaves below this are in the file from before and not yet checked.
-    let mut unchecked = match found {
-        Some(p) => p.indexed,
-        None => {
-            tracing::warn!("audit log: the reference index belongs to another log or is ahead of this one; rebuilding it");
-            if let Err(e) = ix.clear() {
-                tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings read the whole log");
-                return;
-            }
-            0
+    let ours = ix.progress().ok().is_some_and(|p| p.indexed == 0 || leaf_at(p.indexed - 1) == p.last_leaf);
+    let mut unchecked = true;
+    if !ours {
+        tracing::warn!("audit log: the reference index belongs to another log or is ahead of this one; rebuilding it");
+        if let Err(e) = ix.clear() {
+            tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings read the whole log");
+            return;
         }
-    };
+        unchecked = false;
+    }
     let publish = |ix: &RefIndex| {
         if let Ok(p) = ix.progress() {
             shared.index_usable.store(p.indexed, Ordering::Release);
@@ -677,16 +675,15 @@ fn keep_index(shared: Arc<Shared>) {
             }
             let _ = shared.index_cv.wait_timeout(g, Duration::from_secs(1));
         }
-        let step: Result<bool, IndexError> = if unchecked > 0 {
-            index_matches(&shared, &ix, unchecked).and_then(|ok| {
-                if !ok {
-                    tracing::error!("audit log: the reference index does not match the entries (altered or damaged); rebuilding it");
-                    shared.index_usable.store(0, Ordering::Release);
-                    ix.clear()?;
+        let step: Result<bool, IndexError> = if unchecked {
+            ix.check().map_err(IndexError::from).and_then(|ok| {
+                if ok {
+                    tracing::info!("audit log: reference index checked");
                 } else {
-                    tracing::info!(entries = unchecked, "audit log: reference index checked");
+                    tracing::error!("audit log: the reference index does not hold what this log's broker wrote into it (altered or damaged); rebuilding it");
+                    ix.clear()?;
                 }
-                unchecked = 0;
+                unchecked = false;
                 Ok(true)
             })
         } else {
@@ -694,7 +691,7 @@ fn keep_index(shared: Arc<Shared>) {
         };
         match step {
             Ok(worked) => {
-                if unchecked == 0 {
+                if !unchecked {
                     publish(&ix);
                 }
                 idle = !worked;
@@ -711,14 +708,14 @@ fn keep_index(shared: Arc<Shared>) {
                 shared.index_generation.fetch_add(1, Ordering::AcqRel);
                 drop(ix);
                 index::remove(&shared.dir.join(index::INDEX_FILE));
-                ix = match RefIndex::open(&shared.dir) {
+                ix = match open() {
                     Ok(ix) => ix,
                     Err(e) => {
                         tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings by patient or account read the whole log");
                         return;
                     }
                 };
-                unchecked = 0;
+                unchecked = false;
                 idle = true;
             }
             Err(e) => {
@@ -743,28 +740,6 @@ fn index_more(shared: &Shared, ix: &mut RefIndex) -> Result<bool, IndexError> {
     }
     ix.add(p.indexed, &batch)?;
     Ok(true)
-}
-
-/// Whether the index's postings of leaves `0..below` are exactly those the entries call for.
-fn index_matches(shared: &Shared, ix: &RefIndex, below: u64) -> Result<bool, IndexError> {
-    let mut want = PostingsDigest::default();
-    let mut at = 0;
-    while at < below {
-        if shared.closing.load(Ordering::SeqCst) {
-            return Err("the log is closing".into());
-        }
-        let raws = raw_entries(shared, at, (below - at).min(4096) as usize)?;
-        if raws.is_empty() {
-            return Err("the log is shorter than the index".into());
-        }
-        for r in &raws {
-            for k in index::keys_of(&Entry::from_canonical_bytes(&r.bytes, r.index)?) {
-                want.add(&k, r.index);
-            }
-        }
-        at += raws.len() as u64;
-    }
-    Ok(ix.digest_below(below)? == want)
 }
 
 impl AuditLog {
@@ -959,9 +934,10 @@ impl AuditLog {
             .spawn(move || writer_loop(writer_shared, entries_file, rx, options))
             .map_err(|e| Error::io("start writer thread for", dir, e))?;
         let index_shared = Arc::clone(&shared);
+        let tag_key = signing_key.derive(index::TAG_CONTEXT);
         let indexer = std::thread::Builder::new()
             .name("cleave-audit-index".into())
-            .spawn(move || keep_index(index_shared))
+            .spawn(move || keep_index(index_shared, tag_key))
             .map_err(|e| Error::io("start the reference index thread for", dir, e))?;
         let read_on_open = read_state(&shared).tree.size() - from.size;
         tracing::info!(entries = from.size + read_on_open, read = read_on_open, "audit log: opened");

@@ -178,3 +178,52 @@ fn an_index_of_another_log_or_a_damaged_file_is_replaced() {
     assert!(log.wait_indexed(WAIT));
     check_all(&log);
 }
+
+/// The insider removes a posting and also rewrites the stored digest to match what is left
+/// (the algorithm is in FORMAT.md). Without the log's key they cannot make its tag.
+#[test]
+fn a_posting_removed_with_the_digest_recomputed_fails_the_tag() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let victim;
+    {
+        let log = open(dir.path());
+        for i in 0..300 {
+            log.append(&entry(i)).unwrap();
+        }
+        assert!(log.wait_indexed(WAIT));
+        victim = expected(&log, Some(&patient(2)), None, None)[3];
+    }
+    let db = rusqlite::Connection::open(index_path(dir.path())).unwrap();
+    db.execute("DELETE FROM postings WHERE key = ?1 AND leaf = ?2", rusqlite::params![patient(2).to_string().into_bytes(), victim as i64]).unwrap();
+    let mut limbs = [0u64; 4];
+    {
+        let mut q = db.prepare("SELECT key, leaf FROM postings").unwrap();
+        let mut rows = q.query([]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            let (key, leaf): (Vec<u8>, i64) = (r.get(0).unwrap(), r.get(1).unwrap());
+            let mut h = Sha256::new();
+            h.update((key.len() as u64).to_be_bytes());
+            h.update(&key);
+            h.update((leaf as u64).to_be_bytes());
+            let d = h.finalize();
+            let mut carry = 0u128;
+            for (i, limb) in limbs.iter_mut().enumerate() {
+                let s = *limb as u128 + u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().unwrap()) as u128 + carry;
+                *limb = s as u64;
+                carry = s >> 64;
+            }
+        }
+    }
+    let digest: Vec<u8> = limbs.iter().flat_map(|l| l.to_le_bytes()).collect();
+    let stored: Vec<u8> = db.query_row("SELECT v FROM meta WHERE k = 'digest'", [], |r| r.get(0)).unwrap();
+    assert_ne!(stored, digest, "the removal changed the digest");
+    db.execute("UPDATE meta SET v = ?1 WHERE k = 'digest'", [&digest]).unwrap();
+    drop(db);
+
+    let log = open(dir.path());
+    assert!(all_pages(&log, by_patient(2)).contains(&victim));
+    assert!(log.wait_indexed(WAIT));
+    check_all(&log);
+    assert!(all_pages(&log, by_patient(2)).contains(&victim), "rebuilt, not trusted");
+}
