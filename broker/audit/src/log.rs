@@ -652,10 +652,17 @@ fn keep_index(shared: Arc<Shared>, tag_key: Key32) {
     let ours = ix.progress().ok().is_some_and(|p| p.indexed == 0 || leaf_at(p.indexed - 1) == p.last_leaf);
     let mut unchecked = true;
     if !ours {
-        tracing::warn!("audit log: the reference index belongs to another log or is ahead of this one; rebuilding it");
-        if let Err(e) = ix.clear() {
-            tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings read the whole log");
-            return;
+        tracing::warn!("audit log: the reference index belongs to another log, is ahead of this one or is unreadable; rebuilding it");
+        if ix.clear().is_err() {
+            drop(ix);
+            index::remove(&shared.dir.join(index::INDEX_FILE));
+            ix = match open() {
+                Ok(ix) => ix,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings by patient or account read the whole log");
+                    return;
+                }
+            };
         }
         unchecked = false;
     }
@@ -1153,6 +1160,9 @@ impl AuditLog {
             *reader = IndexReader::open(&self.shared.dir).map(|r| (generation, r));
         }
         let Some((_, r)) = reader.as_mut() else { return Ok(None) };
+        // As with the scan, a bounded amount of work per call: a common account's postings
+        // with a rare operation asked for could otherwise mean reading millions of entries.
+        let mut examined = 0u64;
         loop {
             let (progress, leaves) = match r.postings(key, cursor, BATCH) {
                 Ok(found) => found,
@@ -1165,9 +1175,13 @@ impl AuditLog {
             // Only as far as this process has built or checked it.
             let reached = progress.indexed.min(usable).min(size);
             for &leaf in leaves.iter().filter(|&&l| l < reached) {
+                if examined == MAX_SCAN {
+                    return Ok(Some(Page { entries, next: (cursor < size).then_some(cursor) }));
+                }
                 let Some(raw) = self.raw_entries(leaf, 1)?.pop() else { continue };
                 let e = Entry::from_canonical_bytes(&raw.bytes, raw.index)?;
                 cursor = leaf + 1;
+                examined += 1;
                 if query.matches(&e) {
                     entries.push((leaf, e));
                     if entries.len() == limit {

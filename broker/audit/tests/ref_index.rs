@@ -227,3 +227,31 @@ fn a_posting_removed_with_the_digest_recomputed_fails_the_tag() {
     check_all(&log);
     assert!(all_pages(&log, by_patient(2)).contains(&victim), "rebuilt, not trusted");
 }
+
+/// A call examines at most 100 000 entries through the index too, then hands back a cursor:
+/// one account's entries, none of them of the operation asked for.
+#[test]
+fn a_listing_through_the_index_is_bounded_per_call_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let busy = |i: u64| {
+        let mut e = Entry::new(Actor::new(ActorKind::Device, "ct-scanner-1"), Operation::Ingest, Outcome::Allowed);
+        e.time = Timestamp::from_unix_millis(1_790_000_000_000 + i as i64);
+        e
+    };
+    let all: Vec<Entry> = (0..100_050).map(busy).collect();
+    for chunk in all.chunks(4096) {
+        log.append_batch(chunk).unwrap();
+    }
+    let mut odd = busy(0);
+    odd.operation = Operation::Export;
+    let last = log.append(&odd).unwrap();
+    assert!(log.wait_indexed(WAIT));
+    let q = Query { account: Some("ct-scanner-1".into()), operation: Some(Operation::Export), ..Query::default() };
+    let first = log.list(&q).unwrap();
+    assert!(first.entries.is_empty());
+    assert_eq!(first.next, Some(100_000), "stopped after 100 000 entries, with a cursor");
+    let second = log.list(&Query { start: 100_000, ..q }).unwrap();
+    assert_eq!(second.entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![last]);
+    assert_eq!(second.next, None);
+}
