@@ -1090,13 +1090,7 @@ def table(res, args):
         c = dict(c, cstore={**(get_path(c, "cstore") or {}), **rounds.get("cleave", {})})
         sp = {**sp, **rounds.get("storescp", {})}
     rows = []
-
-    def get(d, *path):
-        for k in path:
-            if not isinstance(d, dict):
-                return None
-            d = d.get(k)
-        return d
+    get = get_path
 
     def why(d, *path):
         x = get(d, *path[:-1])

@@ -635,6 +635,14 @@ type IndexError = Box<dyn std::error::Error + Send + Sync>;
 /// the check, are emptied and rebuilt.
 fn keep_index(shared: Arc<Shared>, tag_key: Key32) {
     let open = || RefIndex::open(&shared.dir, &shared.origin, &tag_key);
+    // A new, empty file in place of one that cannot be used; `None` (and listings scan for
+    // as long as the log is open) if even that fails.
+    let replace = || {
+        index::remove(&shared.dir.join(index::INDEX_FILE));
+        open()
+            .map_err(|e| tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings by patient or account read the whole log"))
+            .ok()
+    };
     let mut ix = match open() {
         Ok(ix) => ix,
         Err(e) => {
@@ -655,14 +663,8 @@ fn keep_index(shared: Arc<Shared>, tag_key: Key32) {
         tracing::warn!("audit log: the reference index belongs to another log, is ahead of this one or is unreadable; rebuilding it");
         if ix.clear().is_err() {
             drop(ix);
-            index::remove(&shared.dir.join(index::INDEX_FILE));
-            ix = match open() {
-                Ok(ix) => ix,
-                Err(e) => {
-                    tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings by patient or account read the whole log");
-                    return;
-                }
-            };
+            let Some(new) = replace() else { return };
+            ix = new;
         }
         unchecked = false;
     }
@@ -714,14 +716,8 @@ fn keep_index(shared: Arc<Shared>, tag_key: Key32) {
                 shared.index_usable.store(0, Ordering::Release);
                 shared.index_generation.fetch_add(1, Ordering::AcqRel);
                 drop(ix);
-                index::remove(&shared.dir.join(index::INDEX_FILE));
-                ix = match open() {
-                    Ok(ix) => ix,
-                    Err(e) => {
-                        tracing::error!(error = %e, "audit log: the reference index cannot be rebuilt; listings by patient or account read the whole log");
-                        return;
-                    }
-                };
+                let Some(new) = replace() else { return };
+                ix = new;
                 unchecked = false;
                 idle = true;
             }

@@ -14,6 +14,22 @@ fn open(dir: &Path) -> AuditLog {
     AuditLog::open(dir, manual_options(), &signing_key()).unwrap()
 }
 
+/// A log of `n` of the common entries, with its reference index built.
+fn indexed_log(dir: &Path, n: u64) -> AuditLog {
+    let log = open(dir);
+    for i in 0..n {
+        log.append(&entry(i)).unwrap();
+    }
+    assert!(log.wait_indexed(WAIT));
+    log
+}
+
+/// The insider's edit: the posting of `leaf` under patient `p` removed. Returns how many rows went.
+fn remove_posting(dir: &Path, p: u64, leaf: u64) -> usize {
+    let db = rusqlite::Connection::open(index_path(dir)).unwrap();
+    db.execute("DELETE FROM postings WHERE key = ?1 AND leaf = ?2", rusqlite::params![patient(p).to_string().into_bytes(), leaf as i64]).unwrap()
+}
+
 fn patient(i: u64) -> ResourceRef {
     reference_key().patient_ref(&format!("pseudo-{i}"))
 }
@@ -98,18 +114,12 @@ fn a_posting_removed_from_the_file_is_found_on_the_next_open_and_the_index_rebui
     let dir = tempfile::tempdir().unwrap();
     let victim;
     {
-        let log = open(dir.path());
-        for i in 0..600 {
-            log.append(&entry(i)).unwrap();
-        }
-        assert!(log.wait_indexed(WAIT));
+        let log = indexed_log(dir.path(), 600);
         victim = expected(&log, Some(&patient(3)), None, None)[5];
         // While the log is open, the index it built is trusted: removing a posting now
         // hides that entry from listings by patient. This is what the check on the next
         // open is for (and shows that listings do read the index).
-        let db = rusqlite::Connection::open(index_path(dir.path())).unwrap();
-        let n = db.execute("DELETE FROM postings WHERE key = ?1 AND leaf = ?2", rusqlite::params![patient(3).to_string().into_bytes(), victim as i64]).unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(remove_posting(dir.path(), 3, victim), 1);
         assert!(!all_pages(&log, by_patient(3)).contains(&victim), "the listing read the index");
     }
     let log = open(dir.path());
@@ -128,11 +138,7 @@ fn a_posting_removed_from_the_file_is_found_on_the_next_open_and_the_index_rebui
 fn an_added_posting_is_found_too_and_never_lists_an_entry_that_does_not_match() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let log = open(dir.path());
-        for i in 0..300 {
-            log.append(&entry(i)).unwrap();
-        }
-        assert!(log.wait_indexed(WAIT));
+        let log = indexed_log(dir.path(), 300);
         // Leaf 0 names patient 0; claim it names patient 5 as well.
         let db = rusqlite::Connection::open(index_path(dir.path())).unwrap();
         db.execute("INSERT INTO postings (key, leaf) VALUES (?1, 0)", [patient(5).to_string().into_bytes()]).unwrap();
@@ -154,11 +160,7 @@ fn an_index_of_another_log_or_a_damaged_file_is_replaced() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     {
-        let log = open(a.path());
-        for i in 0..400 {
-            log.append(&entry(i)).unwrap();
-        }
-        assert!(log.wait_indexed(WAIT));
+        let _log_a = indexed_log(a.path(), 400);
         let log_b = open(b.path());
         for i in 0..200 {
             log_b.append(&entry(i * 7 + 1)).unwrap();
@@ -187,15 +189,11 @@ fn a_posting_removed_with_the_digest_recomputed_fails_the_tag() {
     let dir = tempfile::tempdir().unwrap();
     let victim;
     {
-        let log = open(dir.path());
-        for i in 0..300 {
-            log.append(&entry(i)).unwrap();
-        }
-        assert!(log.wait_indexed(WAIT));
+        let log = indexed_log(dir.path(), 300);
         victim = expected(&log, Some(&patient(2)), None, None)[3];
     }
+    assert_eq!(remove_posting(dir.path(), 2, victim), 1);
     let db = rusqlite::Connection::open(index_path(dir.path())).unwrap();
-    db.execute("DELETE FROM postings WHERE key = ?1 AND leaf = ?2", rusqlite::params![patient(2).to_string().into_bytes(), victim as i64]).unwrap();
     let mut limbs = [0u64; 4];
     {
         let mut q = db.prepare("SELECT key, leaf FROM postings").unwrap();
