@@ -130,6 +130,19 @@ impl AuditTrail {
         Ok(Ok(AuditTrail { log, refs: ReferenceKey::new(reference.key), syslog: None }))
     }
 
+    /// Checks `<data>/audit/` from its files alone, as an auditor's `cleave audit verify`
+    /// would but without the network: every entry against every signed checkpoint, with the
+    /// key this data directory signs with. Reads only; for the IT team when the broker
+    /// refuses requests because its history check failed (README, "When the audit log
+    /// stops the broker"). Run it with the broker stopped: a log being appended to may end
+    /// in a record still being written.
+    pub fn verify_offline(data_dir: &Path, keyring: &Keyring) -> Result<Result<cleave_audit::VerifyReport, cleave_audit::VerifyError>, crate::Error> {
+        let first = keyring.versions(KeyPurpose::AuditSigning).into_iter().min().unwrap_or(1);
+        let signing = keyring.unwrap(KeyPurpose::AuditSigning, first)?;
+        let verifier = cleave_audit::CheckpointSigner::from_audit_signing_key(AUDIT_ORIGIN, &signing.key).map_err(audit_error)?.verifier();
+        Ok(cleave_audit::verify_dir(&data_dir.join("audit"), &verifier, None))
+    }
+
     /// Also send a copy of every entry to a syslog/TLS collector, from where forwarding
     /// stopped last time (see `syslog.rs`).
     pub(crate) fn with_syslog(mut self, cfg: &crate::syslog::SyslogConfig, data_dir: &Path) -> Result<Self, crate::Error> {

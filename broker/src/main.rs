@@ -45,6 +45,17 @@ enum Command {
     /// Manage keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Check the audit log on disk (stop the broker first).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check every entry of `<data>/audit/` against every signed checkpoint, offline, and
+    /// name the first entry or checkpoint that does not verify. Reads only. For when the
+    /// broker refuses requests because its audit history check failed.
+    Verify,
 }
 
 #[derive(Args)]
@@ -252,6 +263,28 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let (opened, audit) = audited(&data, key, "use `cleave admin devices revoke` (the broker records it)")?;
             audit.run(OperatorAction::Revoke, || opened.accounts.revoke_device(&device))?;
             eprintln!("revoked the device and its tokens");
+        }
+        Command::Audit(AuditCmd::Verify) => {
+            if !data.join("audit").is_dir() {
+                return Err(Error::Config(format!("{} holds no audit log (no audit/ folder); check --data-dir", data.display())));
+            }
+            let opened = broker::open(&data, key)?;
+            match broker::AuditTrail::verify_offline(&opened.data_dir, &opened.keyring)? {
+                Ok(r) => {
+                    let newest = r.newest.as_ref().map_or("none".to_owned(), |c| c.size.to_string());
+                    println!(
+                        "the audit log verifies: {} entries, {} signed checkpoints (the newest of size {newest}), {} entries after it not yet signed",
+                        r.entries, r.checkpoints, r.unsigned_tail
+                    );
+                }
+                Err(cleave_audit::VerifyError::Failed(f)) => {
+                    for p in &f.problems {
+                        println!("problem: {p}");
+                    }
+                    return Err(Error::Audit(format!("{f}; keep a copy of {} as evidence before anything else (README, \"When the audit log stops the broker\")", data.join("audit").display())));
+                }
+                Err(e) => return Err(Error::Audit(e.to_string())),
+            }
         }
         Command::Keys(KeysCmd::Rotate { purpose }) => {
             let p = cleave_keys::KeyPurpose::ALL

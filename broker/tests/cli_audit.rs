@@ -116,3 +116,58 @@ async fn while_a_broker_runs_the_command_line_refuses_and_changes_nothing() {
     assert_eq!(ring["keys"].as_array().unwrap().iter().filter(|k| k["purpose"] == "broker-data").count(), 1, "no key was rotated");
     assert!(!out.join("ct-x.pem").exists(), "no certificate was written");
 }
+
+/// The IT team's check when the broker stops serving because its audit history was
+/// altered: `cleave-broker audit verify` reads the files offline, says the log verifies,
+/// and after an edit names the entry, changes nothing, and fails.
+#[test]
+fn audit_verify_names_an_altered_entry_offline_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cleave-data");
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    // Not a data directory: refused, and nothing created there.
+    let none = cli(&data, &["audit", "verify"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no audit log"), "{}", String::from_utf8_lossy(&none.stderr));
+    assert!(!data.exists());
+
+    ok(&data, &["user", "add", "nurse8", "--role", "nurse", "--department", "ward-8", "--out", o]);
+    ok(&data, &["user", "disable", "nurse8"]);
+    let good = ok(&data, &["audit", "verify"]);
+    let said = String::from_utf8_lossy(&good.stdout);
+    assert!(said.starts_with("the audit log verifies:") && said.contains("0 entries after it not yet signed"), "{said}");
+
+    // The insider rewrites who disabled the account, keeping the record's own hash right.
+    let entries = data.join("audit").join("entries.log");
+    let mut bytes = std::fs::read(&entries).unwrap();
+    let header = b"CLEAVE-AUDIT-ENTRIES/1\n".len();
+    let mut at = header;
+    let mut target = None;
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let payload = &bytes[at + 12..at + 12 + len];
+        if String::from_utf8_lossy(payload).contains("revoke") {
+            target = Some((at, len));
+        }
+        at += 44 + len;
+    }
+    let (at, len) = target.expect("the disable is recorded");
+    let text = String::from_utf8(bytes[at + 12..at + 12 + len].to_vec()).unwrap().replace("opsuser", "someone");
+    assert_eq!(text.len(), len);
+    bytes[at + 12..at + 12 + len].copy_from_slice(text.as_bytes());
+    let hash = cleave_audit::merkle::leaf_hash(text.as_bytes());
+    bytes[at + 12 + len..at + 44 + len].copy_from_slice(&hash);
+    std::fs::write(&entries, &bytes).unwrap();
+    let before: Vec<_> = std::fs::read_dir(data.join("audit")).unwrap().map(|e| e.unwrap().file_name()).collect();
+
+    let bad = cli(&data, &["audit", "verify"]);
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stdout);
+    assert!(said.contains("problem: checkpoint") && said.contains("was changed"), "{said}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("keep a copy of") && err.contains("evidence"), "{err}");
+    assert_eq!(std::fs::read(&entries).unwrap(), bytes, "verify wrote nothing");
+    let after: Vec<_> = std::fs::read_dir(data.join("audit")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after);
+}
