@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use super::{Broker, TEST_CONFIG};
 
@@ -22,36 +22,10 @@ pub fn dcmtk(tool: &str) -> PathBuf {
     p
 }
 
-/// Runs a peer (a dcmtk tool, pynetdicom) with TCP_NODELAY=1 (dcmtk reads it) off the async
-/// runtime, for at most [`PEER_LIMIT_S`] seconds.
-pub async fn run(mut cmd: Command) -> Output {
-    cmd.env("TCP_NODELAY", "1");
-    // Bounded by coreutils' `timeout`: a peer that hangs fails its test within minutes
-    // instead of holding CI until its time limit.
-    let mut bounded = std::process::Command::new("timeout");
-    bounded.args(["--kill-after=10", &PEER_LIMIT_S.to_string()]).arg(cmd.get_program()).args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => bounded.env(k, v),
-            None => bounded.env_remove(k),
-        };
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        bounded.current_dir(d);
-    }
-    let what = format!("{:?}", cmd.get_program());
-    let out = tokio::task::spawn_blocking(move || bounded.output().expect("cannot start the peer process (coreutils' timeout and the peer are needed)")).await.unwrap();
-    // 124: stopped by TERM at the limit; 137: killed ten seconds later.
-    assert!(!matches!(out.status.code(), Some(124 | 137)), "{what} did not finish within {PEER_LIMIT_S} s: {}", text(&out));
-    out
-}
-
-/// How long a peer process (dcmtk, pynetdicom, ...) may run.
-const PEER_LIMIT_S: u32 = 300;
-
-pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+#[path = "../../dimse/tests/common/peer.rs"]
+mod peer;
+#[allow(unused_imports)] // not every test binary runs a peer
+pub use peer::{run, text};
 
 pub struct Pair {
     pub cert: PathBuf,
