@@ -120,7 +120,9 @@ fn leaf_of(m: &str) -> u64 {
 fn receive_through(rx: &mpsc::Receiver<String>, last: u64) -> Vec<String> {
     let mut got: Vec<String> = Vec::new();
     while got.last().map(|m| leaf_of(m)) != Some(last) {
-        match rx.recv_timeout(Duration::from_secs(20)) {
+        // Longer than the forwarder's longest pause between attempts (30 s, `syslog.rs`):
+        // a collector that comes back just after an attempt is reached at the next one.
+        match rx.recv_timeout(Duration::from_secs(45)) {
             Ok(m) => {
                 assert_eq!(leaf_of(&m), got.len() as u64, "entries out of order or missing");
                 got.push(m);
@@ -149,7 +151,9 @@ async fn every_entry_reaches_the_collector_framed_and_without_phi() {
     // Everything up to the clinical read (the last decision made), in log order.
     let mut got: Vec<String> = Vec::new();
     while !got.last().is_some_and(|m| m.contains("110103")) {
-        match rx.recv_timeout(Duration::from_secs(20)) {
+        // Longer than the forwarder's longest pause between attempts (30 s, `syslog.rs`):
+        // a collector that comes back just after an attempt is reached at the next one.
+        match rx.recv_timeout(Duration::from_secs(45)) {
             Ok(m) => got.push(m),
             Err(_) => panic!("the collector got {} entries and not the clinical read", got.len()),
         }
