@@ -21,9 +21,10 @@
 //!   only this log's broker can make (keyed with a key derived from the audit-signing
 //!   key), and the postings it holds must have that digest. On a mismatch the index is
 //!   emptied and rebuilt. Until then, listings scan.
-//! * The file is never fsync'd (`synchronous = OFF`): it is checked on every open anyway, so a file that power loss left behind or damaged is found like an
-//!   altered one, and the log's own appends (on the path every request waits for) do not
-//!   share the disk with a second set of syncs. A file that is damaged, of an unknown
+//! * The file is never fsync'd (`synchronous = OFF`): it is checked on every open anyway,
+//!   so a file that power loss left behind or damaged is found like an altered one, and
+//!   the log's own appends (on the path every request waits for) do not share the disk
+//!   with a second set of syncs. A file that is damaged, of an unknown
 //!   format, or indexes leaves this log does not have (its last leaf hash differs) is
 //!   emptied and rebuilt from the first entry. Nothing in it is PHI: the keys are the
 //!   entries' own resource digests and account names.
@@ -61,8 +62,9 @@ pub(crate) fn keys_of(e: &Entry) -> Vec<Vec<u8>> {
 }
 
 /// An order-independent digest of a set of postings: the sum, modulo 2^256, of each
-/// posting's SHA-256. Computed once from the entries and once from the file, it tells
-/// whether the file holds exactly the postings the entries call for.
+/// posting's SHA-256. Kept up to date as postings are added and stored under the log's tag,
+/// then computed again from the postings in the file: equal, the file holds exactly what
+/// was written into it.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub(crate) struct PostingsDigest([u64; 4]);
 
@@ -126,8 +128,7 @@ pub(crate) struct Progress {
 
 impl RefIndex {
     /// Opens the index in `dir`, creating it, or recreating it if it is not a readable
-    /// index of the known format.
-    /// `tag_key` is derived from the log's audit-signing key with [`TAG_CONTEXT`].
+    /// index of the known format. `tag_key` is derived from the log's audit-signing key with [`TAG_CONTEXT`].
     pub(crate) fn open(dir: &Path, origin: &str, tag_key: &Key32) -> Result<RefIndex, rusqlite::Error> {
         let path = dir.join(INDEX_FILE);
         let tag_key = Key32::from_bytes(&mut tag_key.expose().to_owned());
@@ -183,7 +184,7 @@ impl RefIndex {
         if !bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &tag[..])) {
             return Ok(false);
         }
-        let found = self.digest_below(u64::MAX)?;
+        let found = self.digest_of_postings()?;
         if found != stored {
             return Ok(false);
         }
@@ -194,7 +195,66 @@ impl RefIndex {
     fn count(&self) -> Result<i64, rusqlite::Error> {
         self.conn.query_row("SELECT count(*) FROM postings", [], |r| r.get(0))
     }
+    /// How far the file has got.
+    pub(crate) fn progress(&self) -> Result<Progress, rusqlite::Error> {
+        progress(&self.conn)
+    }
 
+    /// Forgets everything: the index starts again from the first leaf.
+    pub(crate) fn clear(&mut self) -> Result<(), rusqlite::Error> {
+        let empty = PostingsDigest::default();
+        let tag = self.tag(&Progress { indexed: 0, last_leaf: None }, &empty);
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM postings", [])?;
+        tx.execute("DELETE FROM meta WHERE k IN ('indexed', 'last_leaf')", [])?;
+        store_digest(&tx, &empty, &tag)?;
+        tx.commit()?;
+        self.digest = empty;
+        Ok(())
+    }
+
+    /// Adds the postings of `entries` (leaves `from..`, in order, the next ones after
+    /// [`progress`](Self::progress)) and moves the progress past them, in one transaction.
+    /// `last_leaf` is the leaf hash of the last of them.
+    pub(crate) fn add(&mut self, from: u64, entries: &[Entry], last_leaf: Hash) -> Result<(), rusqlite::Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut digest = self.digest;
+        let tx = self.conn.transaction()?;
+        {
+            // A plain INSERT: a posting already there means the file is not what the
+            // digest says, and the insert fails rather than count it twice.
+            let mut ins = tx.prepare_cached("INSERT INTO postings (key, leaf) VALUES (?1, ?2)")?;
+            for (i, e) in entries.iter().enumerate() {
+                let leaf = from + i as u64;
+                for k in keys_of(e) {
+                    ins.execute(params![k, leaf as i64])?;
+                    digest.add(&k, leaf);
+                }
+            }
+        }
+        let p = Progress { indexed: from + entries.len() as u64, last_leaf: Some(last_leaf) };
+        tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('indexed', ?1)", [p.indexed as i64])?;
+        tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_leaf', ?1)", [&last_leaf[..]])?;
+        store_digest(&tx, &digest, &tag_of(&self.tag_key, &self.origin, &p, &digest))?;
+        tx.commit()?;
+        self.digest = digest;
+        Ok(())
+    }
+
+    /// The digest of every posting in the file.
+    fn digest_of_postings(&self) -> Result<PostingsDigest, rusqlite::Error> {
+        let mut d = PostingsDigest::default();
+        let mut q = self.conn.prepare("SELECT key, leaf FROM postings")?;
+        let mut rows = q.query([])?;
+        while let Some(r) = rows.next()? {
+            let key: Vec<u8> = r.get(0)?;
+            let leaf: i64 = r.get(1)?;
+            d.add(&key, leaf as u64);
+        }
+        Ok(d)
+    }
 }
 
 /// `BLAKE3-keyed(tag key, format || u64be(len(origin)) || origin || u64be(indexed) ||
@@ -215,67 +275,6 @@ fn store_digest(tx: &rusqlite::Transaction<'_>, digest: &PostingsDigest, tag: &[
     tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('digest', ?1)", [&digest.to_bytes()[..]])?;
     tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('tag', ?1)", [&tag[..]])?;
     Ok(())
-}
-
-impl RefIndex {
-
-    pub(crate) fn progress(&self) -> Result<Progress, rusqlite::Error> {
-        progress(&self.conn)
-    }
-
-    /// Forgets everything: the index starts again from the first leaf.
-    pub(crate) fn clear(&mut self) -> Result<(), rusqlite::Error> {
-        let empty = PostingsDigest::default();
-        let tag = self.tag(&Progress { indexed: 0, last_leaf: None }, &empty);
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM postings", [])?;
-        tx.execute("DELETE FROM meta WHERE k IN ('indexed', 'last_leaf')", [])?;
-        store_digest(&tx, &empty, &tag)?;
-        tx.commit()?;
-        self.digest = empty;
-        Ok(())
-    }
-
-    /// Adds the postings of `entries` (leaves `from..`, in order, the next ones after
-    /// [`progress`](Self::progress)) and moves the progress past them, in one transaction.
-    pub(crate) fn add(&mut self, from: u64, entries: &[(Entry, Hash)]) -> Result<(), rusqlite::Error> {
-        let Some((_, last)) = entries.last() else { return Ok(()) };
-        let mut digest = self.digest;
-        let tx = self.conn.transaction()?;
-        {
-            // A plain INSERT: a posting already there means the file is not what the
-            // digest says, and the insert fails rather than count it twice.
-            let mut ins = tx.prepare_cached("INSERT INTO postings (key, leaf) VALUES (?1, ?2)")?;
-            for (i, (e, _)) in entries.iter().enumerate() {
-                let leaf = from + i as u64;
-                for k in keys_of(e) {
-                    ins.execute(params![k, leaf as i64])?;
-                    digest.add(&k, leaf);
-                }
-            }
-        }
-        let p = Progress { indexed: from + entries.len() as u64, last_leaf: Some(*last) };
-        tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('indexed', ?1)", [p.indexed as i64])?;
-        tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_leaf', ?1)", [&last[..]])?;
-        store_digest(&tx, &digest, &tag_of(&self.tag_key, &self.origin, &p, &digest))?;
-        tx.commit()?;
-        self.digest = digest;
-        Ok(())
-    }
-
-    /// The digest of every posting of leaves `0..below`.
-    pub(crate) fn digest_below(&self, below: u64) -> Result<PostingsDigest, rusqlite::Error> {
-        let mut d = PostingsDigest::default();
-        let mut q = self.conn.prepare("SELECT key, leaf FROM postings WHERE leaf < ?1")?;
-        // SQLite integers are signed: `u64::MAX` (every posting) must not wrap to -1.
-        let mut rows = q.query([below.min(i64::MAX as u64) as i64])?;
-        while let Some(r) = rows.next()? {
-            let key: Vec<u8> = r.get(0)?;
-            let leaf: i64 = r.get(1)?;
-            d.add(&key, leaf as u64);
-        }
-        Ok(d)
-    }
 }
 
 fn progress(conn: &Connection) -> Result<Progress, rusqlite::Error> {
@@ -346,14 +345,13 @@ mod tests {
     fn a_file_reopened_as_written_passes_the_check_and_no_other_does() {
         let dir = tempfile::tempdir().unwrap();
         let key = Key32::from_bytes(&mut [7; 32]);
-        let entries: Vec<(Entry, Hash)> = (0..10u8)
-            .map(|i| (Entry::new(Actor::new(ActorKind::Staff, format!("u{i}")), Operation::Login, Outcome::Allowed), [i; 32]))
-            .collect();
+        let entries: Vec<Entry> =
+            (0..10u8).map(|i| Entry::new(Actor::new(ActorKind::Staff, format!("u{i}")), Operation::Login, Outcome::Allowed)).collect();
         {
             let mut ix = RefIndex::open(dir.path(), "o", &key).unwrap();
             assert!(ix.check().unwrap(), "a new file");
-            ix.add(0, &entries[..4]).unwrap();
-            ix.add(4, &entries[4..]).unwrap();
+            ix.add(0, &entries[..4], [3; 32]).unwrap();
+            ix.add(4, &entries[4..], [9; 32]).unwrap();
         }
         let mut ix = RefIndex::open(dir.path(), "o", &key).unwrap();
         assert!(ix.check().unwrap(), "reopened as written: used, not rebuilt");
@@ -366,7 +364,7 @@ mod tests {
         assert!(!ix.check().unwrap());
         ix.clear().unwrap();
         assert!(ix.check().unwrap(), "emptied, it is a valid empty index");
-        ix.add(0, &entries).unwrap();
+        ix.add(0, &entries, [9; 32]).unwrap();
         ix.conn.execute("INSERT INTO postings (key, leaf) VALUES (x'00', 1)", []).unwrap();
         assert!(!ix.check().unwrap());
     }

@@ -650,14 +650,7 @@ fn keep_index(shared: Arc<Shared>, tag_key: Key32) {
             return;
         }
     };
-    let leaf_at = |i: u64| -> Option<Hash> {
-        let st = read_state(&shared);
-        if i >= st.tree.size() {
-            return None;
-        }
-        st.tree.leaves(i, i + 1).ok().and_then(|v| v.first().copied())
-    };
-    let ours = ix.progress().ok().is_some_and(|p| p.indexed == 0 || leaf_at(p.indexed - 1) == p.last_leaf);
+    let ours = ix.progress().ok().is_some_and(|p| p.indexed == 0 || leaf_at(&shared, p.indexed - 1) == p.last_leaf);
     let mut unchecked = true;
     if !ours {
         tracing::warn!("audit log: the reference index belongs to another log, is ahead of this one or is unreadable; rebuilding it");
@@ -736,13 +729,23 @@ fn index_more(shared: &Shared, ix: &mut RefIndex) -> Result<bool, IndexError> {
     if p.indexed >= size {
         return Ok(false);
     }
+    // `raw_entries` checked each record against its stored leaf hash; the last one is read
+    // back from the tree files rather than hashed again.
     let raws = raw_entries(shared, p.indexed, (size - p.indexed).min(4096) as usize)?;
-    let mut batch = Vec::with_capacity(raws.len());
-    for r in &raws {
-        batch.push((Entry::from_canonical_bytes(&r.bytes, r.index)?, crate::merkle::leaf_hash(&r.bytes)));
-    }
-    ix.add(p.indexed, &batch)?;
+    let batch = raws.iter().map(|r| Entry::from_canonical_bytes(&r.bytes, r.index)).collect::<Result<Vec<_>, _>>()?;
+    let last = p.indexed + batch.len() as u64 - 1;
+    let last_leaf = leaf_at(shared, last).ok_or("the log is shorter than the entries just read")?;
+    ix.add(p.indexed, &batch, last_leaf)?;
     Ok(true)
+}
+
+/// The stored leaf hash of leaf `i`; `None` beyond the log or if it cannot be read.
+fn leaf_at(shared: &Shared, i: u64) -> Option<Hash> {
+    let st = read_state(shared);
+    if i >= st.tree.size() {
+        return None;
+    }
+    st.tree.leaves(i, i + 1).ok().and_then(|v| v.first().copied())
 }
 
 impl AuditLog {
