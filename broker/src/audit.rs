@@ -98,6 +98,13 @@ impl std::fmt::Debug for AuditTrail {
     }
 }
 
+/// A purpose's *first* key version: the audit log's keys never rotate (see
+/// [`AuditTrail::open`]).
+fn first_key(keyring: &Keyring, purpose: KeyPurpose) -> Result<cleave_keys::VersionedKey, crate::Error> {
+    let first = keyring.versions(purpose).into_iter().min().unwrap_or(1);
+    Ok(keyring.unwrap(purpose, first)?)
+}
+
 impl AuditTrail {
     /// Open (or create) `<data>/audit/`. Both keys are the purposes' *first* versions: the
     /// signing key is the trust anchor auditors pinned and the reference key must give the
@@ -114,9 +121,8 @@ impl AuditTrail {
         keyring: &Keyring,
         checkpoint_every: std::time::Duration,
     ) -> Result<Result<Self, cleave_audit::Error>, crate::Error> {
-        let first = |p: KeyPurpose| keyring.versions(p).into_iter().min().unwrap_or(1);
-        let signing = keyring.unwrap(KeyPurpose::AuditSigning, first(KeyPurpose::AuditSigning))?;
-        let reference = keyring.unwrap(KeyPurpose::AuditReference, first(KeyPurpose::AuditReference))?;
+        let signing = first_key(keyring, KeyPurpose::AuditSigning)?;
+        let reference = first_key(keyring, KeyPurpose::AuditReference)?;
         let mut options = LogOptions::new(AUDIT_ORIGIN);
         options.checkpoint_interval = Some(checkpoint_every);
         let dir = data_dir.join("audit");
@@ -137,8 +143,7 @@ impl AuditTrail {
     /// stops the broker"). Run it with the broker stopped: a log being appended to may end
     /// in a record still being written.
     pub fn verify_offline(data_dir: &Path, keyring: &Keyring) -> Result<Result<cleave_audit::VerifyReport, cleave_audit::VerifyError>, crate::Error> {
-        let first = keyring.versions(KeyPurpose::AuditSigning).into_iter().min().unwrap_or(1);
-        let signing = keyring.unwrap(KeyPurpose::AuditSigning, first)?;
+        let signing = first_key(keyring, KeyPurpose::AuditSigning)?;
         let verifier = cleave_audit::CheckpointSigner::from_audit_signing_key(AUDIT_ORIGIN, &signing.key).map_err(audit_error)?.verifier();
         Ok(cleave_audit::verify_dir(&data_dir.join("audit"), &verifier, None))
     }
