@@ -245,9 +245,8 @@ async fn broker_audit_log_rewritten_on_disk_is_detected() {
     let t = String::from_utf8(recs[mine].1.clone()).unwrap().replace("mallory", "nurse01");
     recs[mine].1 = t.into_bytes();
     write_records(&dir.join("entries.log"), &recs);
-    let mut opts = broker::ServeOptions::new(b_dir.path());
-    opts.listen = Some("127.0.0.1:0".parse().unwrap());
-    let b = common::Broker { dir: b_dir, running: broker::start(opts).await.expect("the broker starts on its tree files") };
+    // It starts: opening trusts the tree files up to their mark.
+    let b = common::start_in(b_dir, false).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let refused = loop {
         let a = common::call(b.addr(), auditor.cfg.clone(), "GET", "/api/v1/audit/checkpoint", &auditor.token).await;
@@ -270,9 +269,10 @@ async fn broker_audit_log_rewritten_on_disk_is_detected() {
 /// The reference index an auditor's listing by account or patient reads
 /// (`broker/audit/src/index.rs`) is a plain SQLite file next to the log, outside the Merkle
 /// tree. The insider, with the disk and the server stopped, deletes the postings that point
-/// at their own entries, so that "what did mallory do" comes back empty. The broker checks
-/// the index against the entries on every start before it uses it: the listing stays
-/// complete throughout, and the index is rebuilt.
+/// at their own entries, so that "what did mallory do" comes back empty. On every start the
+/// broker checks the index (its postings against a digest stored under a tag keyed from the
+/// audit-signing key) before it uses it: the listing stays complete throughout, and the
+/// index is rebuilt.
 #[tokio::test]
 async fn audit_index_edited_on_disk_hides_nothing() {
     let b = common::start(common::TEST_CONFIG, false).await;
@@ -314,9 +314,7 @@ async fn audit_index_edited_on_disk_hides_nothing() {
     drop(db);
     assert_eq!(postings(&index), 0);
 
-    let mut opts = broker::ServeOptions::new(b_dir.path());
-    opts.listen = Some("127.0.0.1:0".parse().unwrap());
-    let b = common::Broker { dir: b_dir, running: broker::start(opts).await.expect("the broker starts") };
+    let b = common::start_in(b_dir, false).await;
     // Right away (the index not yet checked, so not used) and until it has been rebuilt
     // (then used), the listing names every one of mallory's entries from before.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

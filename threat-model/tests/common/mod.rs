@@ -60,6 +60,12 @@ impl Broker {
 pub async fn start(config: &str, consultant: bool) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(broker::CONFIG_FILE), config).unwrap();
+    start_in(dir, consultant).await
+}
+
+/// Start a real broker on loopback on the data directory in `dir`: a new one, or the one a
+/// stopped broker left (after the attacker has had the disk).
+pub async fn start_in(dir: tempfile::TempDir, consultant: bool) -> Broker {
     let mut opts = broker::ServeOptions::new(dir.path());
     opts.listen = Some("127.0.0.1:0".parse().unwrap());
     if consultant {
