@@ -2,6 +2,9 @@
 //! it, each leaves a signed entry (a failure a second one) that the auditor's verification
 //! accepts; while a broker runs, the command line refuses and changes nothing.
 mod common;
+/// The audit crate's own record surgery helpers (`broker/audit/tests/common`).
+#[path = "../audit/tests/common/mod.rs"]
+mod audit_files;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -140,25 +143,14 @@ fn audit_verify_names_an_altered_entry_offline_and_changes_nothing() {
 
     // The insider rewrites who disabled the account, keeping the record's own hash right.
     let entries = data.join("audit").join("entries.log");
-    let mut bytes = std::fs::read(&entries).unwrap();
-    let header = b"CLEAVE-AUDIT-ENTRIES/1\n".len();
-    let mut at = header;
-    let mut target = None;
-    while at < bytes.len() {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let payload = &bytes[at + 12..at + 12 + len];
-        if String::from_utf8_lossy(payload).contains("revoke") {
-            target = Some((at, len));
-        }
-        at += 44 + len;
-    }
-    let (at, len) = target.expect("the disable is recorded");
-    let text = String::from_utf8(bytes[at + 12..at + 12 + len].to_vec()).unwrap().replace("opsuser", "someone");
-    assert_eq!(text.len(), len);
-    bytes[at + 12..at + 12 + len].copy_from_slice(text.as_bytes());
-    let hash = cleave_audit::merkle::leaf_hash(text.as_bytes());
-    bytes[at + 12 + len..at + 44 + len].copy_from_slice(&hash);
-    std::fs::write(&entries, &bytes).unwrap();
+    let mut records = audit_files::parse_records(&std::fs::read(&entries).unwrap(), audit_files::ENTRIES_HEADER);
+    let target = records.iter_mut().rev().find(|r| String::from_utf8_lossy(&r.payload).contains("revoke")).expect("the disable is recorded");
+    let text = String::from_utf8(target.payload.clone()).unwrap().replace("opsuser", "someone");
+    assert_eq!(text.len(), target.payload.len());
+    target.payload = text.into_bytes();
+    target.hash = audit_files::entry_hash(&target.payload);
+    audit_files::rewrite(&entries, audit_files::ENTRIES_HEADER, &records);
+    let bytes = std::fs::read(&entries).unwrap();
     let before: Vec<_> = std::fs::read_dir(data.join("audit")).unwrap().map(|e| e.unwrap().file_name()).collect();
 
     let bad = cli(&data, &["audit", "verify"]);
