@@ -1090,14 +1090,13 @@ def table(res, args):
         c = dict(c, cstore={**(get_path(c, "cstore") or {}), **rounds.get("cleave", {})})
         sp = {**sp, **rounds.get("storescp", {})}
     rows = []
-    get = get_path
 
     def why(d, *path):
-        x = get(d, *path[:-1])
+        x = get_path(d, *path[:-1])
         return x.get("reason") if isinstance(x, dict) else (d.get("error") if isinstance(d, dict) else None)
 
     def row(label, path, better="higher", unit=""):
-        ov, cv = get(o, *path), get(c, *path)
+        ov, cv = get_path(o, *path), get_path(c, *path)
         ratio = f"{cv / ov:.2f}" if isinstance(ov, (int, float)) and isinstance(cv, (int, float)) and ov else NA
         cell_c = fmt(cv, unit) if cv is not None else f"{NA} ({short(why(c, *path))})"
         cell_o = fmt(ov, unit) if ov is not None else f"{NA} ({short(why(o, *path))})"
@@ -1110,7 +1109,7 @@ def table(res, args):
     row("STOW-RS CT, 4 clients, server CPU ms per instance (lower is better)", ("stow_ct_4", "server_cpu_ms_per_instance"))
     if args.mammo:
         row(f"STOW-RS mammography ({args.mammo} × 50 MB), 1 client, MB/s", ("stow_mammo_1", "mb_s"))
-    tls_o = get(o, "cstore", "tls")
+    tls_o = get_path(o, "cstore", "tls")
     med = f", median of {rounds['rounds']} rounds" if rounds else ""
     row(f"C-STORE storescu, CT, instances/s (Orthanc: {'DICOM TLS' if tls_o else 'plain DICOM'}; ours: DICOM TLS{med})",
         ("cstore", "instances_s"))
@@ -1120,8 +1119,8 @@ def table(res, args):
     row("WADO-RS single instance, concurrency 1, p99 ms", ("wado_1", "p99_ms"))
     row("WADO-RS single instance, concurrency 16, p50 ms", ("wado_16", "p50_ms"))
     row("WADO-RS single instance, concurrency 16, p99 ms", ("wado_16", "p99_ms"))
-    row(f"QIDO-RS study search, p50 ms (studies indexed: ours {get(c, 'qido', 'studies')}, "
-        f"Orthanc {get(o, 'qido', 'studies')})", ("qido", "p50_ms"))
+    row(f"QIDO-RS study search, p50 ms (studies indexed: ours {get_path(c, 'qido', 'studies')}, "
+        f"Orthanc {get_path(o, 'qido', 'studies')})", ("qido", "p50_ms"))
     row("QIDO-RS study search, p99 ms", ("qido", "p99_ms"))
     if args.big_mb:
         row(f"STOW-RS {args.big_mb} MB multi-frame, RSS above idle during upload, MiB", ("big", "above_idle_mib"))
@@ -1134,8 +1133,9 @@ def table(res, args):
         if r:
             each = ", ".join(f"{x:.2f}" for x in r["each"])
             return f"; {label} = {r['median']:.2f}, the median of {len(r['each'])} rounds ({each})"
+        # One pass: only the ratios to storescp (the table's last column has ours/Orthanc).
         a = get_path(c if num == "cleave" else o, "cstore", "instances_s")
-        if isinstance(a, (int, float)) and sp.get("instances_s"):
+        if den == "storescp" and isinstance(a, (int, float)) and sp.get("instances_s"):
             return f"; {label} = {a / sp['instances_s']:.2f}"
         return ""
     lines = [
