@@ -180,6 +180,16 @@ async fn run(cli: Cli) -> Result<(), Error> {
             opts.consultant_listen = a.consultant_listen;
             opts.dicom_listen = a.dicom_listen;
             let running = broker::start(opts).await?;
+            // SIGTERM is how systemd, Docker and Kubernetes stop a service: it must take the
+            // same orderly way out as Ctrl-C (stores closed, the audit log's tail signed).
+            // Both handlers are registered before the listening line: a supervisor that
+            // signals as soon as it reads that line must not find the default action
+            // (an abrupt exit with the tail unsigned) still in place.
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut interrupt = signal(SignalKind::interrupt())
+                .map_err(|e| Error::Config(format!("cannot handle SIGINT: {e}")))?;
+            let mut terminate = signal(SignalKind::terminate())
+                .map_err(|e| Error::Config(format!("cannot handle SIGTERM: {e}")))?;
             if let Some(b) = &running.bootstrap {
                 eprintln!(
                     "First run: the bootstrap IT administrator's password and TOTP seed are in {} and its client certificate in {} (key {}). Read them once, then delete the credentials file.",
@@ -195,20 +205,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
             if let Some(d) = running.dicom_addr {
                 eprintln!("DICOM TLS listener on {d} (enrolled devices: C-STORE, C-ECHO)");
             }
-            // SIGTERM is how systemd, Docker and Kubernetes stop a service: it must take the
-            // same orderly way out as Ctrl-C (stores closed, the audit log's tail signed).
-            let terminated = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        term.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
                 _ = running.wait() => {}
-                _ = tokio::signal::ctrl_c() => eprintln!("stopping"),
-                _ = terminated => eprintln!("stopping (SIGTERM)"),
+                _ = interrupt.recv() => eprintln!("stopping"),
+                _ = terminate.recv() => eprintln!("stopping (SIGTERM)"),
             }
         }
         Command::Enroll(EnrollCmd::Person { username, out }) => {
