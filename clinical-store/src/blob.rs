@@ -30,7 +30,7 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use cleave_keys::{durable, Key32, VersionedKey, WipedBox, WipedBuf};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::Error;
 
@@ -115,11 +115,10 @@ struct ChunkContext {
 
 impl ChunkContext {
     fn new(data_key: &Key32, header: &Header, id: BlobId) -> Self {
-        let mut material = Zeroizing::new([0u8; 64]);
-        material[..32].copy_from_slice(data_key.expose());
-        material[32..].copy_from_slice(&header.blob_nonce);
-        let mut raw = blake3::derive_key(KDF_CONTEXT, &material[..]);
-        let key = Key32::from_bytes(&mut raw);
+        let key = cleave_keys::KeyedHasher::derive(KDF_CONTEXT)
+            .update(data_key.expose())
+            .update(&header.blob_nonce)
+            .finalize_key();
         let mut nonce_prefix = [0u8; 19];
         nonce_prefix.copy_from_slice(&header.blob_nonce[..19]);
         let mut ad = [0u8; HEADER_LEN + 16];

@@ -70,12 +70,7 @@ impl VaultKeys {
     /// The pseudonym of `id` under link key `version`, if the keyring holds that version.
     pub(crate) fn pseudonym(&self, id: &IdentityId, version: u32) -> Option<Pseudonym> {
         let k = self.link.iter().find(|k| k.version == version)?;
-        let mut h = blake3::Hasher::new_keyed(k.key.expose());
-        h.update(PSEUDONYM_LABEL);
-        h.update(&[0]);
-        h.update(id.as_bytes());
-        let out = h.finalize();
-        let digest: &[u8; 32] = out.as_bytes();
+        let digest = cleave_keys::KeyedHasher::new(&k.key).update(PSEUDONYM_LABEL).update(&[0]).update(id.as_bytes()).finalize();
         let mut text = format!("P{version}-");
         text.push_str(&hex::encode(&digest[..16]));
         Some(Pseudonym { text, version })

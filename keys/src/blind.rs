@@ -29,10 +29,10 @@ impl BlindIndexer {
 
     /// The 32-byte index value of an already-normalised `term` in `domain`.
     pub fn index(&self, domain: &str, term: &str) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(self.key.expose());
-        h.update(&(domain.len() as u32).to_be_bytes());
-        h.update(domain.as_bytes());
-        h.update(term.as_bytes());
-        *h.finalize().as_bytes()
+        crate::KeyedHasher::new(&self.key)
+            .update(&(domain.len() as u32).to_be_bytes())
+            .update(domain.as_bytes())
+            .update(term.as_bytes())
+            .finalize()
     }
 }

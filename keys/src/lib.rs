@@ -10,6 +10,8 @@
 //!   ([`SealContext`]: table, column, row, key version) so a ciphertext moved elsewhere fails.
 //! * [`BlindIndexer`] turns a normalised search term into a BLAKE3 keyed hash, so a store
 //!   can be searched without being decrypted.
+//! * [`KeyedHasher`] and [`keyed_hash`] are BLAKE3's keyed and key-derivation modes with
+//!   the hasher wiped on drop; every keyed BLAKE3 in Cleave goes through them.
 //! * [`durable`] writes files so that an acknowledged write survives a crash.
 //! * [`WipedBox`] holds a foreign type's key (ring's) and zeroes its memory on drop.
 //!
@@ -20,6 +22,7 @@
 mod blind;
 pub mod durable;
 mod error;
+mod keyed_hash;
 mod keyring;
 pub mod ondemand;
 mod master;
@@ -30,6 +33,7 @@ mod wiped_box;
 pub use blind::BlindIndexer;
 pub use error::Error;
 pub use ondemand::{OnDemand, OnDemandStats};
+pub use keyed_hash::{keyed_hash, KeyedHasher};
 pub use keyring::{KeyPurpose, Keyring, VersionedKey};
 pub use master::{KeySource, MasterKey, PassphraseParams};
 pub use seal::{FieldSealer, SealContext, SEALED_FIELD_FORMAT};

@@ -32,10 +32,10 @@ impl Key32 {
         Key32(self.0)
     }
 
-    /// Derive a subkey for a named use with BLAKE3's key derivation mode.
+    /// Derive a subkey for a named use with BLAKE3's key derivation mode (the hasher,
+    /// which holds this key as its input, is wiped afterwards).
     pub fn derive(&self, context: &str) -> Key32 {
-        let mut out = blake3::derive_key(context, &self.0);
-        Key32::from_bytes(&mut out)
+        crate::KeyedHasher::derive(context).update(&self.0).finalize_key()
     }
 }
 

@@ -341,11 +341,11 @@ impl ReferenceKey {
     }
 
     fn hash(&self, domain: &str, value: &str) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(self.key.expose());
-        h.update(&(domain.len() as u32).to_be_bytes());
-        h.update(domain.as_bytes());
-        h.update(value.as_bytes());
-        *h.finalize().as_bytes()
+        cleave_keys::KeyedHasher::new(&self.key)
+            .update(&(domain.len() as u32).to_be_bytes())
+            .update(domain.as_bytes())
+            .update(value.as_bytes())
+            .finalize()
     }
 
     /// The reference of the patient with this pseudonym. The broker always resolves an

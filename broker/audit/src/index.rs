@@ -260,14 +260,14 @@ impl RefIndex {
 /// `BLAKE3-keyed(tag key, format || u64be(len(origin)) || origin || u64be(indexed) ||
 /// last_leaf (zeros when none) || digest)`: FORMAT.md, "Reference index".
 fn tag_of(key: &Key32, origin: &str, p: &Progress, digest: &PostingsDigest) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_keyed(key.expose());
+    let mut h = cleave_keys::KeyedHasher::new(key);
     h.update(FORMAT.as_bytes());
     h.update(&(origin.len() as u64).to_be_bytes());
     h.update(origin.as_bytes());
     h.update(&p.indexed.to_be_bytes());
     h.update(&p.last_leaf.unwrap_or([0; 32]));
     h.update(&digest.to_bytes());
-    *h.finalize().as_bytes()
+    h.finalize()
 }
 
 /// Stores a digest and its tag for `p` (inside the caller's transaction).

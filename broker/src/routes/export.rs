@@ -215,19 +215,19 @@ impl ExportKeys {
 
     /// The days one subject's dates move by in this export: 1 to `MAX_SHIFT_DAYS` back.
     fn date_offset(&self, pseudonym: &str) -> i32 {
-        let h = blake3::keyed_hash(self.dates.expose(), pseudonym.as_bytes());
-        let n = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        let h = cleave_keys::keyed_hash(&self.dates, pseudonym.as_bytes());
+        let n = u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]));
         -((1 + n % MAX_SHIFT_DAYS) as i32)
     }
 
     /// The export-local code standing for one pseudonym.
     fn subject(&self, pseudonym: &str) -> String {
-        let h = blake3::keyed_hash(self.subjects.expose(), pseudonym.as_bytes());
-        format!("RS-{}", hex::encode(&h.as_bytes()[..8]))
+        let h = cleave_keys::keyed_hash(&self.subjects, pseudonym.as_bytes());
+        format!("RS-{}", hex::encode(&h[..8]))
     }
 
     fn rank(&self, sop: &str) -> [u8; 32] {
-        *blake3::keyed_hash(self.order.expose(), sop.as_bytes()).as_bytes()
+        cleave_keys::keyed_hash(&self.order, sop.as_bytes())
     }
 }
 

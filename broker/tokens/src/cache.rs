@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use zeroize::Zeroizing;
 
 use crate::caveat::Caveat;
 use crate::error::Result;
@@ -59,7 +58,7 @@ impl std::fmt::Debug for VerifiedToken {
 
 /// The cache of verified tokens. Share one per broker.
 pub struct VerifiedTokens {
-    key: Zeroizing<[u8; 32]>,
+    key: cleave_keys::Key32,
     capacity: usize,
     map: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
 }
@@ -73,19 +72,17 @@ impl std::fmt::Debug for VerifiedTokens {
 impl VerifiedTokens {
     /// An empty cache holding at most `capacity` tokens (at least 1).
     pub fn new(capacity: usize) -> VerifiedTokens {
-        let mut key = Zeroizing::new([0u8; 32]);
-        cleave_keys::random_bytes(&mut *key);
-        VerifiedTokens { key, capacity: capacity.max(1), map: Mutex::new(HashMap::new()) }
+        VerifiedTokens { key: cleave_keys::Key32::generate(), capacity: capacity.max(1), map: Mutex::new(HashMap::new()) }
     }
 
     fn digest(&self, token: &str, discharges: &[&str]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(&self.key);
+        let mut h = cleave_keys::KeyedHasher::new(&self.key);
         // Length-prefixed, so no two different lists of texts hash the same input.
         for part in std::iter::once(&token).chain(discharges) {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
-        *h.finalize().as_bytes()
+        h.finalize()
     }
 
     /// The verified token for exactly this text and these discharges, if it has verified

@@ -27,9 +27,9 @@ impl UidMapper {
 
     /// The derived UID for `original` (padding already stripped).
     pub fn map(&self, original: &str) -> String {
-        let h = blake3::keyed_hash(self.key.expose(), original.as_bytes());
+        let h = cleave_keys::keyed_hash(&self.key, original.as_bytes());
         let mut first = [0u8; 16];
-        first.copy_from_slice(&h.as_bytes()[..16]);
+        first.copy_from_slice(&h[..16]);
         format!("2.25.{}", u128::from_be_bytes(first))
     }
 }
