@@ -75,6 +75,10 @@ pub enum Error {
     /// (the detail, logged, names files).
     #[error("the audit log failed ({0}); check the disk holding <data>/audit")]
     Audit(String),
+    /// `cleave-broker audit verify` found the log altered or damaged: a finding about the
+    /// evidence, not a fault of this run. The message says what to keep and where to read on.
+    #[error("{0}")]
+    AuditDoesNotVerify(String),
     /// A store (identity vault, clinical store) failed; the detail is PHI-free.
     #[error("{0}")]
     Store(String),

@@ -281,7 +281,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     for p in &f.problems {
                         println!("problem: {p}");
                     }
-                    return Err(Error::Audit(format!("{f}; keep a copy of {} as evidence before anything else (README, \"When the audit log stops the broker\")", data.join("audit").display())));
+                    return Err(Error::AuditDoesNotVerify(format!(
+                        "{f}. Keep a copy of {} as evidence before anything else, then bring the folder back from the latest copy taken with the broker stopped (README, \"When the audit log stops the broker\")",
+                        data.join("audit").display()
+                    )));
                 }
                 Err(e) => return Err(Error::Audit(e.to_string())),
             }
