@@ -148,6 +148,22 @@ impl AuditTrail {
         Ok(cleave_audit::verify_dir(&data_dir.join("audit"), &verifier, None))
     }
 
+    /// Puts `<data>/audit/` back from `copy`, a copy taken with the broker stopped, after
+    /// the live log was found altered or damaged (README, "When the audit log stops the
+    /// broker"): refused while a broker runs or if the copy does not verify under this data
+    /// directory's key; otherwise the copy becomes the live log with a `log-recovery` entry
+    /// by the operator running the command, and the log it replaces is kept beside it as
+    /// evidence. [`cleave_audit::restore`] gives the order of steps.
+    pub fn restore_offline(
+        data_dir: &Path,
+        keyring: &Keyring,
+        copy: &Path,
+    ) -> Result<Result<cleave_audit::Restored, cleave_audit::RestoreError>, crate::Error> {
+        let signing = first_key(keyring, KeyPurpose::AuditSigning)?;
+        let entry = Entry::new(crate::operator_audit::actor(), Operation::LogRecovery, Outcome::Allowed);
+        Ok(cleave_audit::restore(&data_dir.join("audit"), copy, LogOptions::new(AUDIT_ORIGIN), &signing.key, &entry))
+    }
+
     /// Also send a copy of every entry to a syslog/TLS collector, from where forwarding
     /// stopped last time (see `syslog.rs`).
     pub(crate) fn with_syslog(mut self, cfg: &crate::syslog::SyslogConfig, data_dir: &Path) -> Result<Self, crate::Error> {

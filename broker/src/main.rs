@@ -56,6 +56,14 @@ enum AuditCmd {
     /// name the first entry or checkpoint that does not verify. Reads only. For when the
     /// broker refuses requests because its audit history check failed.
     Verify,
+    /// Put `<data>/audit/` back from a copy taken with the broker stopped, after `audit
+    /// verify` found the live log altered or damaged. The copy must verify under this data
+    /// directory's key; the replaced log is kept beside it as `audit-evidence-<time>`, and
+    /// the restored log records the restore. The broker must be stopped.
+    Restore {
+        /// The copy of the audit folder to restore from.
+        copy: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -286,6 +294,42 @@ async fn run(cli: Cli) -> Result<(), Error> {
                         data.join("audit").display()
                     )));
                 }
+                Err(e) => return Err(Error::Audit(e.to_string())),
+            }
+        }
+        Command::Audit(AuditCmd::Restore { copy }) => {
+            // Opening a folder that is not a data directory would create one, keys and all.
+            if !data.join("keys").is_dir() {
+                return Err(Error::Config(format!("{} is not a Cleave data directory (no keys/ folder); check --data-dir", data.display())));
+            }
+            let opened = broker::open(&data, key)?;
+            match broker::AuditTrail::restore_offline(&opened.data_dir, &opened.keyring, &copy)? {
+                Ok(r) => {
+                    println!(
+                        "restored the audit log from {}: {} entries, the last (entry {}) recording this restore",
+                        copy.display(),
+                        r.entries,
+                        r.recovery_leaf
+                    );
+                    if let Some(e) = &r.evidence {
+                        println!("the log it replaced is kept, unchanged, in {}; keep it as evidence", e.display());
+                    }
+                }
+                Err(cleave_audit::RestoreError::CopyDoesNotVerify(v)) => {
+                    for p in v.failure().map(|f| f.problems.as_slice()).unwrap_or_default() {
+                        println!("problem in the copy: {p}");
+                    }
+                    return Err(Error::AuditDoesNotVerify(format!(
+                        "{}; nothing was changed. Try an older copy",
+                        cleave_audit::RestoreError::CopyDoesNotVerify(v)
+                    )));
+                }
+                Err(cleave_audit::RestoreError::Refused(cleave_audit::Error::Locked(_))) => {
+                    return Err(Error::Config(
+                        "a broker is running on this data directory and holds its audit log; stop it (SIGTERM), then run the restore again. Nothing was changed".into(),
+                    ));
+                }
+                Err(e @ cleave_audit::RestoreError::Refused(cleave_audit::Error::Restore(_))) => return Err(Error::Config(e.to_string())),
                 Err(e) => return Err(Error::Audit(e.to_string())),
             }
         }

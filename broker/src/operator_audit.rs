@@ -57,7 +57,7 @@ impl std::fmt::Debug for OperatorAudit {
 /// The actor name of the command line: `cleave-broker-cli`, with the operating-system
 /// account that ran it when its name fits the log's alphabet (it is informative only: the
 /// person is whoever can read the data directory and its master key).
-fn actor() -> Actor {
+pub(crate) fn actor() -> Actor {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
     let name = format!("cleave-broker-cli@{user}");
     let fits = !user.is_empty() && name.len() <= 64 && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));

@@ -165,3 +165,104 @@ fn audit_verify_names_an_altered_entry_offline_and_changes_nothing() {
     let after: Vec<_> = std::fs::read_dir(data.join("audit")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(before, after);
 }
+
+/// Copies the files of an audit folder (the operator's backup, taken with the broker stopped).
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// The insider's edit of `audit_verify_names_an_altered_entry_offline_and_changes_nothing`:
+/// who disabled the account, with the record's own hash kept right.
+fn alter_the_disable(audit: &Path) {
+    let entries = audit.join("entries.log");
+    let mut records = audit_files::parse_records(&std::fs::read(&entries).unwrap(), audit_files::ENTRIES_HEADER);
+    let target = records.iter_mut().rev().find(|r| String::from_utf8_lossy(&r.payload).contains("revoke")).expect("the disable is recorded");
+    let text = String::from_utf8(target.payload.clone()).unwrap().replace("opsuser", "someone");
+    target.payload = text.into_bytes();
+    target.hash = audit_files::entry_hash(&target.payload);
+    audit_files::rewrite(&entries, audit_files::ENTRIES_HEADER, &records);
+}
+
+fn evidence_folders(data: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("audit-evidence-"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The README's step after `audit verify` fails: `cleave-broker audit restore <copy>` puts
+/// back the copy taken with the broker stopped. It refuses a copy that does not verify and
+/// a data directory whose broker runs, changing nothing; otherwise the copy becomes the
+/// live log, the log records the restore and who ran it, the altered log is kept unchanged
+/// as evidence, and the broker's commands work again.
+#[test]
+fn audit_restore_puts_back_a_verified_copy_and_keeps_the_altered_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cleave-data");
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let audit = data.join("audit");
+    ok(&data, &["user", "add", "nurse8", "--role", "nurse", "--department", "ward-8", "--out", o]);
+    ok(&data, &["user", "disable", "nurse8"]);
+    let (at_backup, _) = entries(&data);
+    let backup = dir.path().join("backup-audit");
+    copy_folder(&audit, &backup);
+    let backup_entries = std::fs::read(backup.join("entries.log")).unwrap();
+    ok(&data, &["user", "add", "nurse9", "--role", "nurse", "--department", "ward-9", "--out", o]);
+
+    alter_the_disable(&audit);
+    assert!(!cli(&data, &["audit", "verify"]).status.success());
+    let altered = std::fs::read(audit.join("entries.log")).unwrap();
+    let unchanged = |why: &str| {
+        assert_eq!(std::fs::read(audit.join("entries.log")).unwrap(), altered, "{why}: the live log was changed");
+        assert!(evidence_folders(&data).is_empty(), "{why}: an evidence folder appeared");
+        assert!(!data.join("audit.restoring").exists(), "{why}: a staging folder was left");
+    };
+
+    // A copy altered the same way is refused, and says where.
+    let bad = dir.path().join("bad-copy");
+    copy_folder(&backup, &bad);
+    alter_the_disable(&bad);
+    let refused = cli(&data, &["audit", "restore", bad.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("problem in the copy"), "{}", String::from_utf8_lossy(&refused.stdout));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("does not verify") && err.contains("nothing was changed"), "{err}");
+    unchanged("bad copy");
+
+    // Something holding the log (as a running broker does): refused.
+    let held = cleave_audit::AuditLog::lock_dir(&audit).unwrap();
+    let running = cli(&data, &["audit", "restore", backup.to_str().unwrap()]);
+    assert!(!running.status.success());
+    assert!(String::from_utf8_lossy(&running.stderr).contains("a broker is running"), "{}", String::from_utf8_lossy(&running.stderr));
+    unchanged("log held");
+    drop(held);
+
+    let done = ok(&data, &["audit", "restore", backup.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(said.contains("restored the audit log from") && said.contains("kept, unchanged, in"), "{said}");
+    let evidence = evidence_folders(&data);
+    assert_eq!(evidence.len(), 1, "{evidence:?}");
+    assert_eq!(std::fs::read(evidence[0].join("entries.log")).unwrap(), altered, "the evidence is the altered log, byte for byte");
+    assert_eq!(std::fs::read(backup.join("entries.log")).unwrap(), backup_entries, "the copy itself is left as it was");
+
+    // The live log is the copy plus one entry saying it was restored, and by whom.
+    let good = ok(&data, &["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&good.stdout).contains("0 entries after it not yet signed"));
+    let (now, _) = entries(&data);
+    assert_eq!(now.len(), at_backup.len() + 1, "{now:?}");
+    assert_eq!(now[..at_backup.len()], at_backup[..]);
+    let last = now.last().unwrap();
+    assert_eq!((last.0, last.1.as_str(), last.2), (ActorKind::System, "cleave-broker-cli@opsuser", Operation::LogRecovery));
+
+    // And the broker's commands work again, recorded after it.
+    ok(&data, &["user", "add", "nurse10", "--role", "nurse", "--department", "ward-10", "--out", o]);
+    assert_eq!(entries(&data).0.len(), at_backup.len() + 2);
+}

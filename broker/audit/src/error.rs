@@ -57,6 +57,10 @@ pub enum Error {
     /// The log file set belongs to another origin than the one configured.
     #[error("the audit directory {0} belongs to another log origin; point the broker at the right directory")]
     OriginMismatch(PathBuf),
+    /// A restore from a copy was refused before anything changed; the text says why and
+    /// what to do (it names folders and files, never entry contents).
+    #[error("the audit log was not restored: {0}")]
+    Restore(String),
     /// A file of the log has a format header this build does not know.
     #[error("the audit file {0} has an unknown format header; upgrade Cleave or restore the directory")]
     UnknownFormat(PathBuf),

@@ -27,6 +27,7 @@ mod log;
 pub mod merkle;
 mod nodes;
 mod pending;
+mod restore;
 mod store;
 pub mod syslog;
 pub mod verify;
@@ -37,7 +38,8 @@ pub use entry::{
     ENTRY_FORMAT_VERSION, MAX_ENTRY_BYTES, MAX_RESOURCES,
 };
 pub use error::Error;
-pub use log::{AuditLog, LogOptions, LogReader, Page, Query, RawCheckpoint, RawEntry, Recovery};
+pub use log::{AuditLog, DirLock, LogOptions, LogReader, Page, Query, RawCheckpoint, RawEntry, Recovery};
 pub use merkle::Hash;
 pub use pending::PendingAppend;
+pub use restore::{restore, RestoreError, Restored};
 pub use verify::{verify_dir, verify_log, Problem, VerifyError, VerifyFailure, VerifyReport};

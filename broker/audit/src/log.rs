@@ -763,15 +763,7 @@ impl AuditLog {
     pub fn open(dir: &Path, options: LogOptions, signing_key: &Key32) -> Result<AuditLog, Error> {
         check_origin(&options.origin)?;
         durable::create_private_dir(dir).map_err(|e| Error::io("create", dir, e))?;
-        let lock_path = dir.join(store::LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open", &lock_path, e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| Error::Locked(dir.to_owned()))?;
+        let DirLock(lock) = AuditLog::lock_dir(dir)?;
 
         let meta_path = dir.join(store::META_FILE);
         match std::fs::read(&meta_path) {
@@ -1240,6 +1232,28 @@ impl AuditLog {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// The lock [`AuditLog::open`] holds on a log folder, held without opening the log.
+#[derive(Debug)]
+pub struct DirLock(File);
+
+impl AuditLog {
+    /// Takes the lock an open log holds on `dir` (an existing log folder), without reading
+    /// the log: for work on the folder's files that no broker may run beside, such as
+    /// [`restore`](crate::restore). `Error::Locked` if a process has the log open.
+    pub fn lock_dir(dir: &Path) -> Result<DirLock, Error> {
+        let lock_path = dir.join(store::LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open", &lock_path, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| Error::Locked(dir.to_owned()))?;
+        Ok(DirLock(lock))
     }
 }
 
