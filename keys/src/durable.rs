@@ -51,6 +51,29 @@ pub fn create_new_with_mode(path: &Path, mode: u32) -> std::io::Result<File> {
     opts.open(path)
 }
 
+/// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk, without
+/// waiting and without dropping them from the page cache. A hint: its failure changes
+/// nothing, so it reports none; the caller's fsync still decides durability.
+///
+/// Why: a file that must be fsync'd soon after it is written (a blob, before its instance
+/// is acknowledged) would otherwise have all its writeback done inside that fsync. Why not
+/// `posix_fadvise(DONTNEED)`, which also starts writeback: it then drops the pages, and on
+/// the test machine the next file's fresh pages cost more CPU to fill than the kept ones
+/// (`bench/README.md`, "C-STORE: starting writeback", session 9).
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is owned
+        // by `file`, borrowed for the duration of the call, so it is open and not reused.
+        #[allow(unsafe_code)]
+        let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 /// Create a directory (and parents) readable by its owner only.
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(path)?;

@@ -77,9 +77,9 @@ impl BlobFile {
     /// Why: the instance is acknowledged only once its blob is fsync'd, and the sender
     /// waits for that. Left to itself the kernel writes nothing back for many seconds, so
     /// the fsync after the last byte would write the whole blob while the sender waits.
-    /// `POSIX_FADV_DONTNEED` on written ranges makes Linux start their writeback now (and
-    /// drop the pages once clean: the blob is not read back soon), so the final fsync
-    /// mostly finds them already on disk. A hint: its failure changes nothing.
+    /// [`cleave_keys::durable::start_writeback`] on written ranges makes Linux start their
+    /// writeback now, so the final fsync mostly finds them already on disk. A hint: its
+    /// failure changes nothing.
     fn append(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut rest = &mut slices[..];
@@ -103,7 +103,7 @@ impl BlobFile {
     /// Starts the disk writes of everything written and not yet advised, without waiting.
     fn start_writeback(&mut self) {
         if let Some(len) = std::num::NonZeroU64::new(self.written - self.advised) {
-            let _ = rustix::fs::fadvise(&self.file, self.advised, Some(len), rustix::fs::Advice::DontNeed);
+            cleave_keys::durable::start_writeback(&self.file, self.advised, len.get());
             self.advised = self.written;
         }
     }
