@@ -57,9 +57,10 @@ pub fn create_new_with_mode(path: &Path, mode: u32) -> std::io::Result<File> {
 ///
 /// Why: a file that must be fsync'd soon after it is written (a blob, before its instance
 /// is acknowledged) would otherwise have all its writeback done inside that fsync. Why not
-/// `posix_fadvise(DONTNEED)`, which also starts writeback: it then drops the pages, and on
-/// the test machine the next file's fresh pages cost more CPU to fill than the kept ones
-/// (`bench/README.md`, "C-STORE: starting writeback", session 9).
+/// `posix_fadvise(DONTNEED)`, which also starts writeback: it then drops the pages once
+/// clean, and a study is usually viewed minutes after it arrives, so its first read would
+/// go to the disk. Through storescu the two were not told apart beyond the test machine's
+/// noise (`bench/README.md`, "C-STORE: starting writeback (session 9)").
 pub fn start_writeback(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
