@@ -141,15 +141,8 @@ fn audit_verify_names_an_altered_entry_offline_and_changes_nothing() {
     let said = String::from_utf8_lossy(&good.stdout);
     assert!(said.starts_with("the audit log verifies:") && said.contains("0 entries after it not yet signed"), "{said}");
 
-    // The insider rewrites who disabled the account, keeping the record's own hash right.
+    alter_the_disable(&data.join("audit"));
     let entries = data.join("audit").join("entries.log");
-    let mut records = audit_files::parse_records(&std::fs::read(&entries).unwrap(), audit_files::ENTRIES_HEADER);
-    let target = records.iter_mut().rev().find(|r| String::from_utf8_lossy(&r.payload).contains("revoke")).expect("the disable is recorded");
-    let text = String::from_utf8(target.payload.clone()).unwrap().replace("opsuser", "someone");
-    assert_eq!(text.len(), target.payload.len());
-    target.payload = text.into_bytes();
-    target.hash = audit_files::entry_hash(&target.payload);
-    audit_files::rewrite(&entries, audit_files::ENTRIES_HEADER, &records);
     let bytes = std::fs::read(&entries).unwrap();
     let before: Vec<_> = std::fs::read_dir(data.join("audit")).unwrap().map(|e| e.unwrap().file_name()).collect();
 
@@ -175,13 +168,14 @@ fn copy_folder(from: &Path, to: &Path) {
     }
 }
 
-/// The insider's edit of `audit_verify_names_an_altered_entry_offline_and_changes_nothing`:
-/// who disabled the account, with the record's own hash kept right.
+/// The insider rewrites who disabled the account in the log in `audit`, keeping the
+/// record's own hash right (so only the checkpoints can tell).
 fn alter_the_disable(audit: &Path) {
     let entries = audit.join("entries.log");
     let mut records = audit_files::parse_records(&std::fs::read(&entries).unwrap(), audit_files::ENTRIES_HEADER);
     let target = records.iter_mut().rev().find(|r| String::from_utf8_lossy(&r.payload).contains("revoke")).expect("the disable is recorded");
     let text = String::from_utf8(target.payload.clone()).unwrap().replace("opsuser", "someone");
+    assert_eq!(text.len(), target.payload.len());
     target.payload = text.into_bytes();
     target.hash = audit_files::entry_hash(&target.payload);
     audit_files::rewrite(&entries, audit_files::ENTRIES_HEADER, &records);
