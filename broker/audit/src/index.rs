@@ -131,7 +131,7 @@ impl RefIndex {
     /// index of the known format. `tag_key` is derived from the log's audit-signing key with [`TAG_CONTEXT`].
     pub(crate) fn open(dir: &Path, origin: &str, tag_key: &Key32) -> Result<RefIndex, rusqlite::Error> {
         let path = dir.join(INDEX_FILE);
-        let tag_key = Key32::from_bytes(&mut tag_key.expose().to_owned());
+        let tag_key = tag_key.duplicate();
         let conn = match Self::open_at(&path) {
             Ok(c) => c,
             Err(e) => {
@@ -143,7 +143,7 @@ impl RefIndex {
         Ok(RefIndex { conn, tag_key, origin: origin.to_owned(), digest: PostingsDigest::default() })
     }
 
-    fn open_at(path: &PathBuf) -> Result<Connection, rusqlite::Error> {
+    fn open_at(path: &Path) -> Result<Connection, rusqlite::Error> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
@@ -152,7 +152,7 @@ impl RefIndex {
              CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS postings (key BLOB NOT NULL, leaf INTEGER NOT NULL, PRIMARY KEY (key, leaf)) WITHOUT ROWID;",
         )?;
-        let format: Option<String> = conn.query_row("SELECT v FROM meta WHERE k = 'format'", [], |r| r.get(0)).optional()?;
+        let format: Option<String> = meta(&conn, "format")?;
         match format.as_deref() {
             Some(FORMAT) => {}
             None => {
@@ -176,8 +176,8 @@ impl RefIndex {
     /// postings are added. `false`: the caller empties the file.
     pub(crate) fn check(&mut self) -> Result<bool, rusqlite::Error> {
         let p = self.progress()?;
-        let stored: Option<Vec<u8>> = self.conn.query_row("SELECT v FROM meta WHERE k = 'digest'", [], |r| r.get(0)).optional()?;
-        let tag: Option<Vec<u8>> = self.conn.query_row("SELECT v FROM meta WHERE k = 'tag'", [], |r| r.get(0)).optional()?;
+        let stored: Option<Vec<u8>> = meta(&self.conn, "digest")?;
+        let tag: Option<Vec<u8>> = meta(&self.conn, "tag")?;
         let (Some(stored), Some(tag)) = (stored, tag) else { return Ok(p.indexed == 0 && self.count()? == 0) };
         let Some(stored) = PostingsDigest::from_bytes(&stored) else { return Ok(false) };
         let want = self.tag(&p, &stored);
@@ -277,9 +277,14 @@ fn store_digest(tx: &rusqlite::Transaction<'_>, digest: &PostingsDigest, tag: &[
     Ok(())
 }
 
+/// The value stored under `k` in the `meta` table, if any.
+fn meta<T: rusqlite::types::FromSql>(conn: &Connection, k: &str) -> Result<Option<T>, rusqlite::Error> {
+    conn.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0)).optional()
+}
+
 fn progress(conn: &Connection) -> Result<Progress, rusqlite::Error> {
-    let indexed: Option<i64> = conn.query_row("SELECT v FROM meta WHERE k = 'indexed'", [], |r| r.get(0)).optional()?;
-    let last: Option<Vec<u8>> = conn.query_row("SELECT v FROM meta WHERE k = 'last_leaf'", [], |r| r.get(0)).optional()?;
+    let indexed: Option<i64> = meta(conn, "indexed")?;
+    let last: Option<Vec<u8>> = meta(conn, "last_leaf")?;
     let last_leaf = match last {
         Some(b) => Some(<Hash>::try_from(b.as_slice()).map_err(|_| rusqlite::Error::InvalidQuery)?),
         None => None,
@@ -312,7 +317,7 @@ impl IndexReader {
     /// leaves at or after `start` (and below that point) indexed under `key`.
     pub(crate) fn postings(&mut self, key: &[u8], start: u64, limit: usize) -> Result<(Progress, Vec<u64>), rusqlite::Error> {
         let tx = self.conn.transaction()?;
-        let format: Option<String> = tx.query_row("SELECT v FROM meta WHERE k = 'format'", [], |r| r.get(0)).optional()?;
+        let format: Option<String> = meta(&tx, "format")?;
         if format.as_deref() != Some(FORMAT) {
             return Err(rusqlite::Error::InvalidQuery);
         }

@@ -106,7 +106,7 @@ pub fn restore(live: &Path, copy: &Path, options: LogOptions, signing_key: &Key3
     // 3. Staged beside the live log (same filesystem, so the swap is one rename).
     let files = files_to_copy(&copy)?;
     cleave_keys::durable::create_private_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
-    let staged = (|| -> Result<(), Error> {
+    let staged = (|| -> Result<(u64, u64), Error> {
         for f in &files {
             // Streamed: an entries file of years can be gigabytes.
             let (from, to) = (copy.join(f), staging.join(f));
@@ -115,31 +115,16 @@ pub fn restore(live: &Path, copy: &Path, options: LogOptions, signing_key: &Key3
             std::io::copy(&mut src, &mut dst).map_err(|e| Error::io("copy into", &to, e))?;
             dst.sync_all().map_err(|e| Error::io("sync", &to, e))?;
         }
-        cleave_keys::durable::fsync_dir(&staging).map_err(|e| Error::io("sync", &staging, e))
+        cleave_keys::durable::fsync_dir(&staging).map_err(|e| Error::io("sync", &staging, e))?;
+        // 4. The staged log opens (checking every entry), records the restore, and signs a
+        // checkpoint over it when dropped here.
+        let log = AuditLog::open(&staging, options, signing_key)?;
+        let leaf = log.append(recovery)?;
+        Ok((log.size(), leaf))
     })();
-    if let Err(e) = staged {
+    let (entries, recovery_leaf) = staged.inspect_err(|_| {
         let _ = fs::remove_dir_all(&staging);
-        return Err(e.into());
-    }
-
-    // 4. The staged log opens (checking every entry), records the restore and signs it.
-    let (entries, recovery_leaf) = {
-        let opened = AuditLog::open(&staging, options, signing_key).and_then(|log| {
-            let leaf = log.append(recovery)?;
-            Ok((log, leaf))
-        });
-        match opened {
-            Ok((log, leaf)) => {
-                let size = log.size();
-                drop(log);
-                (size, leaf)
-            }
-            Err(e) => {
-                let _ = fs::remove_dir_all(&staging);
-                return Err(e.into());
-            }
-        }
-    };
+    })?;
 
     // 5. Swap, then name the old log as evidence.
     let evidence = if live_exists {
