@@ -44,7 +44,7 @@ pub use authz::{Caller, Need, RequestFacts};
 pub use broker::{open, start, BootstrapFiles, MasterKeySource, Opened, RunningBroker, ServeOptions, BOOTSTRAP_ADMIN};
 pub use config::{Config, LoginLimits, PkiConfig, CONFIG_FILE};
 pub use error::Error;
-pub use operator_audit::{OperatorAction, OperatorAudit};
+pub use operator_audit::{broker_running, OperatorAction, OperatorAudit};
 pub use pki::{fingerprint_of_pem_file, issue_client_cert, write_pair, CertFingerprint, IssuedCert, LocalPkiPaths};
 pub use memory::{zeroing_allocator, ZeroingAllocator};
 pub use roles::Role;

@@ -325,9 +325,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     )));
                 }
                 Err(cleave_audit::RestoreError::Refused(cleave_audit::Error::Locked(_))) => {
-                    return Err(Error::Config(
-                        "a broker is running on this data directory and holds its audit log; stop it (SIGTERM), then run the restore again. Nothing was changed".into(),
-                    ));
+                    return Err(broker::broker_running("stop it (SIGTERM), then run the restore again"));
                 }
                 Err(e @ cleave_audit::RestoreError::Refused(cleave_audit::Error::Restore(_))) => return Err(Error::Config(e.to_string())),
                 Err(e) => return Err(Error::Audit(e.to_string())),

@@ -57,6 +57,15 @@ impl std::fmt::Debug for OperatorAudit {
 /// The actor name of the command line: `cleave-broker-cli`, with the operating-system
 /// account that ran it when its name fits the log's alphabet (it is informative only: the
 /// person is whoever can read the data directory and its master key).
+/// The refusal of an operator command while a broker holds the audit log: nothing was
+/// changed, and `instead` says what to do.
+pub fn broker_running(instead: &str) -> Error {
+    Error::Config(format!(
+        "a broker is running on this data directory and holds its audit log, so this command could not \
+         be recorded and nothing was changed; {instead}"
+    ))
+}
+
 pub(crate) fn actor() -> Actor {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
     let name = format!("cleave-broker-cli@{user}");
@@ -95,10 +104,7 @@ impl OperatorAudit {
                 }
                 Ok(OperatorAudit { trail, actor: actor() })
             }
-            Err(cleave_audit::Error::Locked(_)) => Err(Error::Config(format!(
-                "a broker is running on this data directory and holds its audit log, so this command could not \
-                 be recorded and nothing was changed; {instead}"
-            ))),
+            Err(cleave_audit::Error::Locked(_)) => Err(broker_running(instead)),
             Err(e) => Err(audit_error(e)),
         }
     }
