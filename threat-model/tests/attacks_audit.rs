@@ -330,3 +330,68 @@ async fn audit_index_edited_on_disk_hides_nothing() {
     let now = listed(&b).await;
     assert!(before.iter().all(|i| now.contains(i)), "after the rebuild: {before:?} against {now:?}");
 }
+
+/// After the broker stops on an altered history, the IT team restores `<data>/audit/` from
+/// a backup (`cleave-broker audit restore`, README "When the audit log stops the broker").
+/// The insider, who had the disk, doctored the backup as well, so that the restore itself
+/// would erase their entry. The restore verifies the copy under the data directory's own
+/// key first: the doctored copy is refused and nothing changes; an honest copy is
+/// restored, with the altered log kept as evidence and the broker serving again.
+#[tokio::test]
+async fn a_doctored_backup_is_not_restored() {
+    let b = common::start(common::TEST_CONFIG, false).await;
+    let mallory = common::person(&b, "mallory", broker::Role::Nurse).await;
+    let auditor = common::person(&b, "auditor1", broker::Role::Auditor).await;
+    let a = common::call(b.addr(), mallory.cfg.clone(), "GET", "/api/v1/audit/checkpoint", &mallory.token).await;
+    assert_eq!(a.status, 403);
+    let data = b.data().to_owned();
+    let b_dir = b.dir;
+    drop(b.running);
+    let dir = data.join("audit");
+    // Stopped as the operator stops it: until its tasks have ended, it holds the log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while AuditLog::lock_dir(&dir).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the stopped broker still holds its audit log");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let honest = tempfile::tempdir().unwrap();
+    copy_dir(&dir, honest.path());
+
+    // The insider rewrites who was denied, in the live log and in the backup.
+    let rewrite = |path: &Path| {
+        let mut recs = records(&std::fs::read(path.join("entries.log")).unwrap());
+        let mine = recs.iter().position(|(_, p)| String::from_utf8_lossy(p).contains("mallory")).expect("mallory's attempt is recorded");
+        let t = String::from_utf8(recs[mine].1.clone()).unwrap().replace("mallory", "nurse01");
+        recs[mine].1 = t.into_bytes();
+        write_records(&path.join("entries.log"), &recs);
+    };
+    let doctored = tempfile::tempdir().unwrap();
+    copy_dir(&dir, doctored.path());
+    rewrite(doctored.path());
+    rewrite(&dir);
+    let altered = std::fs::read(dir.join("entries.log")).unwrap();
+    let evidence = || -> Vec<_> {
+        std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("audit-")).collect()
+    };
+
+    let opened = broker::open(&data, broker::MasterKeySource::KeyFile).unwrap();
+    let refused = broker::AuditTrail::restore_offline(&opened.data_dir, &opened.keyring, doctored.path()).unwrap();
+    match refused {
+        Err(RestoreError::CopyDoesNotVerify(e)) => assert!(e.failure().is_some(), "{e:?}"),
+        other => panic!("the doctored backup was not refused as unverifiable: {other:?}"),
+    }
+    assert_eq!(std::fs::read(dir.join("entries.log")).unwrap(), altered, "the refused restore changed the live log");
+    assert!(evidence().is_empty() && !data.join("audit.restoring").exists(), "the refused restore left {:?}", evidence());
+
+    let restored = broker::AuditTrail::restore_offline(&opened.data_dir, &opened.keyring, honest.path()).unwrap().expect("the honest copy is restored");
+    let kept = restored.evidence.expect("the altered log is kept");
+    assert_eq!(std::fs::read(kept.join("entries.log")).unwrap(), altered, "the evidence is the altered log as found");
+    let live = String::from_utf8_lossy(&std::fs::read(dir.join("entries.log")).unwrap()).into_owned();
+    assert!(live.contains("mallory"), "mallory's denied attempt is back in the live log");
+    drop(opened);
+
+    // The broker starts on the restored log and serves.
+    let b = common::start_in(b_dir, false).await;
+    let a = common::call(b.addr(), auditor.cfg.clone(), "GET", "/api/v1/audit/checkpoint", &auditor.token).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
