@@ -199,28 +199,10 @@ impl Pipeline {
         if self.vault_thread.tx.send(job).is_err() {
             return Err(IngestError::Storage("identity vault: its thread has stopped; restart the broker".into()));
         }
-        // While the vault decides, the blob's writeback starts. A failed fsync fails the
-        // instance: after one, Linux may report the next as clean with data lost. No name
-        // means the vault failed first. Either way the pending blob is dropped (deleted).
-        let finished = match pending.prepare_finish() {
-            Err(e) => Some(Err(e)),
-            Ok(()) => named_rx.recv().ok().map(|p| {
-                let began = std::time::Instant::now();
-                pending.finish(&p).map(|f| (f, began.elapsed()))
-            }),
-        };
-        // The vault's step has ended (or failed) before anything below happens.
-        let decided = decided_rx.recv();
-        let ((pseudonym, flagged), vault_time) = decided
-            .map_err(|_| IngestError::Storage("identity vault: the matching thread failed".into()))?
-            .map_err(|e| IngestError::Storage(format!("identity vault: {e}")))?;
-        let (finished, blob_sync) = finished
-            .ok_or_else(|| IngestError::Storage("identity vault: no pseudonym was issued".into()))?
-            .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?;
-
-        // Pass 3: the index row, naming the durable blob under the pseudonym.
+        // What the index row will hold, sealed into the blob as its record too, so that the
+        // blob alone can file the instance again should a power cut lose the row.
         let meta = InstanceMeta {
-            pseudonym: pseudonym.clone(),
+            pseudonym: String::new(),
             sex: summary.sex.clone(),
             study_uid: summary.study_instance_uid.clone(),
             study_date: summary.study_date.clone(),
@@ -238,10 +220,30 @@ impl Pipeline {
             frames: summary.number_of_frames,
             not_for_research: summary.not_for_research,
         };
+        // While the vault decides, the blob's writeback starts. A failed fsync fails the
+        // instance: after one, Linux may report the next as clean with data lost. No name
+        // means the vault failed first. Either way the pending blob is dropped (deleted).
+        let finished = match pending.prepare_finish() {
+            Err(e) => Some(Err(e)),
+            Ok(()) => named_rx.recv().ok().map(|pseudonym| {
+                let began = std::time::Instant::now();
+                pending.finish(InstanceMeta { pseudonym, ..meta }).map(|f| (f, began.elapsed()))
+            }),
+        };
+        // The vault's step has ended (or failed) before anything below happens.
+        let decided = decided_rx.recv();
+        let ((pseudonym, flagged), vault_time) = decided
+            .map_err(|_| IngestError::Storage("identity vault: the matching thread failed".into()))?
+            .map_err(|e| IngestError::Storage(format!("identity vault: {e}")))?;
+        let (finished, blob_sync) = finished
+            .ok_or_else(|| IngestError::Storage("identity vault: no pseudonym was issued".into()))?
+            .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?;
+
+        // Pass 3: the index row, naming the durable blob under the pseudonym.
         let began = std::time::Instant::now();
         let put = self
             .clinical
-            .with(move |st| st.commit_instance(finished, meta))
+            .with(move |st| st.commit_instance(finished))
             .and_then(|r| r)
             .map_err(|e| IngestError::Storage(format!("clinical store: {e}")))?;
         let index = began.elapsed();

@@ -7,6 +7,10 @@
 //! splicing, truncation at a chunk boundary, extension, header edits and moving a blob to
 //! another id all fail authentication at the first affected chunk.
 //!
+//! Version 2 (every blob written now) ends with a *record* sealed under the same key with a
+//! nonce no chunk uses: the instance's index row, so that the blob alone can file the
+//! instance again if a power cut loses the row ([`read_record`], FORMAT.md).
+//!
 //! Why a per-blob key: a [`BlobReader`] handed to a response must keep streaming after the
 //! store has closed and zeroized its keys. It then holds only a key that opens this one blob,
 //! not the store's data key. It also means no nonce is ever shared across blobs under one key,
@@ -36,9 +40,17 @@ use crate::Error;
 
 /// The blob magic: "CLVBLOB" then the format version byte.
 pub(crate) const MAGIC: &[u8; 7] = b"CLVBLOB";
-/// The only format version this build reads or writes.
-pub(crate) const VERSION: u8 = 1;
+/// Format version 1: header and chunks. Read, and written only for test vectors.
+pub(crate) const VERSION_1: u8 = 1;
+/// Format version 2: header, chunks, then the sealed record and its length. Every blob
+/// Cleave writes.
+pub(crate) const VERSION_2: u8 = 2;
 pub(crate) const HEADER_LEN: usize = 48;
+/// The largest record a version 2 blob may end with (an instance's index record is under
+/// 2 KiB).
+pub(crate) const MAX_RECORD: usize = 64 * 1024;
+/// The last byte of the record's nonce; chunks use 0 and 1.
+const RECORD_FLAG: u8 = 2;
 const TAG_LEN: usize = 16;
 /// Plaintext bytes per chunk for new blobs.
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
@@ -71,6 +83,7 @@ impl BlobId {
 
 /// The parsed header. Nothing in it is trusted until chunk 0 authenticates it.
 struct Header {
+    version: u8,
     key_version: u32,
     chunk_size: u32,
     blob_nonce: [u8; 32],
@@ -80,7 +93,7 @@ impl Header {
     fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[..7].copy_from_slice(MAGIC);
-        h[7] = VERSION;
+        h[7] = self.version;
         h[8..12].copy_from_slice(&self.key_version.to_be_bytes());
         h[12..16].copy_from_slice(&self.chunk_size.to_be_bytes());
         h[16..].copy_from_slice(&self.blob_nonce);
@@ -88,7 +101,7 @@ impl Header {
     }
 
     fn parse(h: &[u8; HEADER_LEN]) -> Result<Header, Error> {
-        if &h[..7] != MAGIC || h[7] != VERSION {
+        if &h[..7] != MAGIC || !matches!(h[7], VERSION_1 | VERSION_2) {
             return Err(Error::BlobUnknownFormat);
         }
         let mut kv = [0u8; 4];
@@ -101,7 +114,7 @@ impl Header {
         }
         let mut blob_nonce = [0u8; 32];
         blob_nonce.copy_from_slice(&h[16..]);
-        Ok(Header { key_version: u32::from_be_bytes(kv), chunk_size, blob_nonce })
+        Ok(Header { version: h[7], key_version: u32::from_be_bytes(kv), chunk_size, blob_nonce })
     }
 }
 
@@ -129,10 +142,19 @@ impl ChunkContext {
 
     /// The chunk's 24-byte XChaCha20 nonce: prefix, index, last-chunk flag.
     fn nonce(&self, index: u32, last: bool) -> [u8; 24] {
+        self.nonce_with(index, u8::from(last))
+    }
+
+    /// The record's nonce: index 0 and flag 2, which no chunk uses.
+    fn record_nonce(&self) -> [u8; 24] {
+        self.nonce_with(0, RECORD_FLAG)
+    }
+
+    fn nonce_with(&self, index: u32, flag: u8) -> [u8; 24] {
         let mut n = [0u8; 24];
         n[..19].copy_from_slice(&self.nonce_prefix);
         n[19..23].copy_from_slice(&index.to_be_bytes());
-        n[23] = u8::from(last);
+        n[23] = flag;
         n
     }
 }
@@ -169,7 +191,24 @@ impl ChunkSealer {
 
     /// Encrypt `chunk` in place and return its tag, to be written right after it.
     fn seal_detached(&self, index: u32, last: bool, chunk: &mut [u8]) -> [u8; TAG_LEN] {
-        let x = self.ctx.nonce(index, last);
+        self.seal_under(self.ctx.nonce(index, last), chunk)
+    }
+
+    /// The record section of a version 2 blob: the record sealed under its own nonce, its
+    /// tag, and the length of both as a u32 big-endian.
+    fn seal_record(&self, record: &[u8]) -> Result<Vec<u8>, Error> {
+        if record.len() > MAX_RECORD {
+            return Err(Error::InvalidInput { field: "record", rule: "at most 64 KiB" });
+        }
+        let mut out = Vec::with_capacity(record.len() + TAG_LEN + 4);
+        out.extend_from_slice(record);
+        let tag = self.seal_under(self.ctx.record_nonce(), &mut out);
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(&((record.len() + TAG_LEN) as u32).to_be_bytes());
+        Ok(out)
+    }
+
+    fn seal_under(&self, x: [u8; 24], chunk: &mut [u8]) -> [u8; TAG_LEN] {
         let mut n = [0u8; 12];
         n[4..].copy_from_slice(&x[16..]);
         let tag = self
@@ -211,11 +250,76 @@ impl ChunkOpener {
         let nonce = XNonce::from(self.ctx.nonce(index, last));
         self.aead.decrypt_in_place_detached(&nonce, &self.ctx.ad, ct, &tag).is_ok()
     }
+
+    /// Check and decrypt a sealed record (record || tag) in place; on success the first
+    /// `len - 16` bytes are the record.
+    fn open_record(&self, buf: &mut [u8]) -> bool {
+        let Some(split) = buf.len().checked_sub(TAG_LEN) else { return false };
+        let (ct, tag) = buf.split_at_mut(split);
+        let tag = Tag::clone_from_slice(tag);
+        let nonce = XNonce::from(self.ctx.record_nonce());
+        self.aead.decrypt_in_place_detached(&nonce, &self.ctx.ad, ct, &tag).is_ok()
+    }
+}
+
+/// Where a blob's chunks end and its record lies. A version 1 blob is chunks to the end of
+/// the file. A version 2 blob ends with its sealed record and a u32 big-endian giving that
+/// record's length with its tag. That length is not authenticated by itself, but any other
+/// value moves the end of the chunks or the record, and then a chunk or the record fails
+/// authentication. Anything but version 2 is left to [`Decoder::new`] to accept or refuse.
+struct Layout {
+    chunks_end: u64,
+    /// Offset and length (with tag) of the sealed record.
+    record: Option<(u64, usize)>,
+}
+
+impl Layout {
+    fn of(head: &[u8], len: u64, tail: impl FnOnce() -> std::io::Result<[u8; 4]>) -> Result<Layout, Error> {
+        if head.len() < 8 || &head[..7] != MAGIC || head[7] != VERSION_2 {
+            return Ok(Layout { chunks_end: len, record: None });
+        }
+        if len < (HEADER_LEN + 4) as u64 {
+            return Err(Error::BlobMalformed("shorter than a version 2 header and record length"));
+        }
+        let sealed = u32::from_be_bytes(tail().map_err(|e| Error::io("reading the record length of", Path::new("a blob"), e))?) as usize;
+        if !(TAG_LEN..=MAX_RECORD + TAG_LEN).contains(&sealed) {
+            return Err(Error::BlobMalformed("its record length is out of range"));
+        }
+        let chunks_end = len
+            .checked_sub(4 + sealed as u64)
+            .filter(|&end| end >= HEADER_LEN as u64)
+            .ok_or(Error::BlobMalformed("its record is longer than the blob"))?;
+        Ok(Layout { chunks_end, record: Some((chunks_end, sealed)) })
+    }
+
+    fn of_slice(blob: &[u8]) -> Result<Layout, Error> {
+        Layout::of(blob, blob.len() as u64, || {
+            let mut t = [0u8; 4];
+            t.copy_from_slice(&blob[blob.len() - 4..]);
+            Ok(t)
+        })
+    }
+
+    fn of_file(file: &File) -> Result<Layout, Error> {
+        use std::os::unix::fs::FileExt;
+        let len = file.metadata().map_err(|e| Error::io("reading the length of", Path::new("a blob"), e))?.len();
+        let mut head = [0u8; HEADER_LEN];
+        let n = read_full(&mut (&*file).take(HEADER_LEN as u64), &mut head)
+            .map_err(|e| Error::io("reading the header of", Path::new("a blob"), e))?;
+        use std::io::Seek;
+        (&*file).rewind().map_err(|e| Error::io("reading", Path::new("a blob"), e))?;
+        Layout::of(&head[..n], len, || {
+            let mut t = [0u8; 4];
+            file.read_exact_at(&mut t, len - 4)?;
+            Ok(t)
+        })
+    }
 }
 
 /// Encrypts a stream chunk by chunk into any sink. Holds at most one chunk.
 pub(crate) struct Encoder<W: Write> {
     sink: W,
+    version: u8,
     cipher: ChunkSealer,
     buf: WipedBuf,
     chunk_size: usize,
@@ -225,11 +329,13 @@ pub(crate) struct Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    pub(crate) fn new(mut sink: W, key: &VersionedKey, id: BlobId, chunk_size: u32, blob_nonce: [u8; 32]) -> std::io::Result<Self> {
-        let header = Header { key_version: key.version, chunk_size, blob_nonce };
+    /// `version` 2 for a blob that will end with a record ([`Encoder::finish`]).
+    pub(crate) fn new(mut sink: W, key: &VersionedKey, id: BlobId, chunk_size: u32, blob_nonce: [u8; 32], version: u8) -> std::io::Result<Self> {
+        let header = Header { version, key_version: key.version, chunk_size, blob_nonce };
         sink.write_all(&header.encode())?;
         Ok(Encoder {
             sink,
+            version,
             cipher: ChunkSealer::new(&key.key, &header, id),
             buf: WipedBuf::with_capacity(chunk_size as usize + TAG_LEN),
             chunk_size: chunk_size as usize,
@@ -272,12 +378,20 @@ impl<W: Write> Encoder<W> {
         Ok(())
     }
 
-    /// Seal the final chunk; returns the sink and the plaintext length.
-    pub(crate) fn finish(mut self) -> Result<(W, u64), Error> {
+    /// Seal the final chunk and, in a version 2 blob, the record after it; returns the
+    /// sink and the plaintext length.
+    pub(crate) fn finish(mut self, record: Option<&[u8]>) -> Result<(W, u64), Error> {
         if self.poisoned {
             return Err(Error::WriterPoisoned);
         }
+        if record.is_some() != (self.version == VERSION_2) {
+            return Err(Error::InvalidInput { field: "record", rule: "a version 2 blob ends with one, a version 1 blob has none" });
+        }
         self.emit(true)?;
+        if let Some(record) = record {
+            let sealed = self.cipher.seal_record(record)?;
+            self.sink.write_all(&sealed).map_err(|e| Error::io("writing the record to", Path::new("the blob file"), e))?;
+        }
         self.sink.flush().map_err(|e| Error::io("flushing", Path::new("the blob file"), e))?;
         Ok((self.sink, self.plaintext_len))
     }
@@ -363,6 +477,19 @@ impl<R: Read> Decoder<R> {
         })
     }
 
+    /// After every chunk has been read: check and decrypt the sealed record (record ||
+    /// tag) in place, leaving the record in its first `len - 16` bytes.
+    fn open_record(&self, sealed: &mut [u8]) -> Result<(), Error> {
+        if !self.done {
+            return Err(Error::InvalidInput { field: "record", rule: "it is read only after every chunk" });
+        }
+        if self.cipher.open_record(sealed) {
+            Ok(())
+        } else {
+            Err(Error::BlobRecordCorrupt)
+        }
+    }
+
     /// Load, verify and decrypt the next chunk. Returns false at the end of the blob.
     fn next_chunk(&mut self) -> Result<bool, Failure> {
         if let Some(f) = self.failed {
@@ -446,6 +573,14 @@ impl<R: Read> Read for Decoder<R> {
     }
 }
 
+impl<'a> Decoder<&'a [u8]> {
+    /// A decoder over a whole blob in memory, of either version (its record is not read).
+    pub(crate) fn over(blob: &'a [u8], keys: &[VersionedKey], id: BlobId) -> Result<Self, Error> {
+        let layout = Layout::of_slice(blob)?;
+        Decoder::new(&blob[..layout.chunks_end as usize], keys, id)
+    }
+}
+
 /// Read until `buf` is full or the source ends; returns the bytes read.
 fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -490,16 +625,17 @@ impl BlobWriter {
         cleave_keys::random_bytes(&mut blob_nonce);
         // From here on the Drop impl removes `tmp` on any failure.
         let mut w = BlobWriter { enc: None, tmp, dest };
-        let enc = Encoder::new(file, key, id, DEFAULT_CHUNK_SIZE, blob_nonce)
+        let enc = Encoder::new(file, key, id, DEFAULT_CHUNK_SIZE, blob_nonce, VERSION_2)
             .map_err(|e| Error::io("writing the header of", &w.tmp, e))?;
         w.enc = Some(enc);
         Ok(w)
     }
 
-    /// Seal the final chunk, fsync the file, rename it into place and fsync the directory.
-    pub(crate) fn finish(mut self) -> Result<WrittenBlob, Error> {
+    /// Seal the final chunk and `record`, fsync the file, rename it into place and fsync
+    /// the directory.
+    pub(crate) fn finish(mut self, record: &[u8]) -> Result<WrittenBlob, Error> {
         let enc = self.enc.take().ok_or(Error::WriterPoisoned)?;
-        let (file, plaintext_len) = enc.finish()?;
+        let (file, plaintext_len) = enc.finish(Some(record))?;
         file.sync_all().map_err(|e| Error::io("syncing", &self.tmp, e))?;
         drop(file);
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming into place", &self.dest, e))?;
@@ -545,8 +681,11 @@ impl Drop for BlobWriter {
 /// verified, but the object as a whole must then be treated as failed (abort the response).
 /// The error is a `std::io::Error` of kind `InvalidData` whose source is a [`crate::Error`].
 pub struct BlobReader {
-    dec: Decoder<File>,
+    dec: Decoder<std::io::Take<File>>,
     len: u64,
+    /// A version 2 blob's record, checked once the last chunk has been read, so that a
+    /// whole read notices any change to the file. Taken when checked.
+    record: Option<(u64, usize)>,
 }
 
 impl std::fmt::Debug for BlobReader {
@@ -558,7 +697,8 @@ impl std::fmt::Debug for BlobReader {
 impl BlobReader {
     pub(crate) fn open(path: &Path, keys: &[VersionedKey], id: BlobId, len: u64) -> Result<BlobReader, Error> {
         let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        Ok(BlobReader { dec: Decoder::new(file, keys, id)?, len })
+        let layout = Layout::of_file(&file)?;
+        Ok(BlobReader { dec: Decoder::new(file.take(layout.chunks_end), keys, id)?, len, record: layout.record })
     }
 
     /// The plaintext length recorded in the index when the blob was stored (for a
@@ -575,16 +715,65 @@ impl BlobReader {
 
 impl Read for BlobReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        self.dec.read(out)
+        let n = self.dec.read(out)?;
+        if n == 0 && !out.is_empty() {
+            if let Some((at, len)) = self.record.take() {
+                use std::os::unix::fs::FileExt;
+                let mut sealed = zeroize::Zeroizing::new(vec![0u8; len]);
+                self.dec.src.get_ref().read_exact_at(&mut sealed, at)?;
+                if let Err(e) = self.dec.open_record(&mut sealed) {
+                    // Every later read fails the same way.
+                    self.record = Some((at, len));
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(n)
     }
 }
 
-/// Encrypt a whole buffer with a fixed blob nonce, for test vectors and benchmarks.
-pub(crate) fn encrypt_to_vec(key: &VersionedKey, id: BlobId, chunk_size: u32, blob_nonce: [u8; 32], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+/// Verifies a whole blob file and returns its record (`None` for a version 1 blob, which
+/// has none) and its plaintext length. The plaintext is read, checked and discarded.
+pub(crate) fn read_record(path: &Path, keys: &[VersionedKey], id: BlobId) -> Result<Option<(zeroize::Zeroizing<Vec<u8>>, u64)>, Error> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let layout = Layout::of_file(&file)?;
+    let mut dec = Decoder::new((&file).take(layout.chunks_end), keys, id)?;
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
+    let mut plaintext_len = 0u64;
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => plaintext_len += n as u64,
+            Err(e) => return Err(blob_error(e)),
+        }
+    }
+    let Some((at, n)) = layout.record else { return Ok(None) };
+    let mut sealed = zeroize::Zeroizing::new(vec![0u8; n]);
+    file.read_exact_at(&mut sealed, at).map_err(|e| Error::io("reading the record of", path, e))?;
+    dec.open_record(&mut sealed)?;
+    sealed.truncate(n - TAG_LEN);
+    Ok(Some((sealed, plaintext_len)))
+}
+
+/// The blob error inside an error from [`Decoder`]'s `Read`.
+fn blob_error(e: std::io::Error) -> Error {
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+        Some(Ok(inner)) => *inner,
+        Some(Err(other)) => Error::io("reading", Path::new("a blob"), std::io::Error::new(kind, other)),
+        None => Error::io("reading", Path::new("a blob"), kind.into()),
+    }
+}
+
+/// Encrypt a whole buffer with a fixed blob nonce, for test vectors and benchmarks: version
+/// 2 with `record`, version 1 without.
+pub(crate) fn encrypt_to_vec(key: &VersionedKey, id: BlobId, chunk_size: u32, blob_nonce: [u8; 32], plaintext: &[u8], record: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), Error> {
     out.clear();
-    let mut enc = Encoder::new(&mut *out, key, id, chunk_size, blob_nonce).map_err(|e| Error::io("encoding", Path::new("memory"), e))?;
+    let version = if record.is_some() { VERSION_2 } else { VERSION_1 };
+    let mut enc = Encoder::new(&mut *out, key, id, chunk_size, blob_nonce, version).map_err(|e| Error::io("encoding", Path::new("memory"), e))?;
     enc.push(plaintext)?;
-    enc.finish()?;
+    enc.finish(record)?;
     Ok(())
 }
 

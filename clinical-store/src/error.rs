@@ -50,6 +50,10 @@ pub enum Error {
     /// Bytes follow the final chunk: the blob was extended.
     #[error("a blob has data after its final chunk (chunk {final_chunk}): it was extended; restore it from backup")]
     BlobTrailingData { final_chunk: u64 },
+    /// The index record at the end of a blob failed authentication (altered, or the blob's
+    /// end was cut or extended).
+    #[error("the index record at the end of a blob failed authentication: the blob was altered or cut; restore it from backup")]
+    BlobRecordCorrupt,
     /// A blob would exceed the format's 2^32 chunks.
     #[error("a blob exceeds the format's maximum of 2^32 chunks; store the payload in parts")]
     BlobTooLarge,

@@ -3,6 +3,8 @@
 //! Records holding decrypted text (descriptions, notes, observation values) have a `Debug`
 //! that prints no content, so logging one by accident leaks nothing.
 use cleave_keys::SecretBytes;
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -39,6 +41,93 @@ pub struct InstanceMeta {
 impl std::fmt::Debug for InstanceMeta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("InstanceMeta(<redacted>)")
+    }
+}
+
+/// The name and version of an instance record (FORMAT.md, "The record"). Any other fails
+/// closed.
+const RECORD_FORMAT: &str = "cleave-instance-record/1";
+
+/// An instance's index record as sealed at the end of its blob: JSON, every field named,
+/// unknown fields refused.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record<'a> {
+    format: Cow<'a, str>,
+    pseudonym: Cow<'a, str>,
+    sex: Option<Cow<'a, str>>,
+    study_uid: Cow<'a, str>,
+    study_date: Option<Cow<'a, str>>,
+    study_description: Option<Cow<'a, str>>,
+    age_years: Option<u16>,
+    body_part: Option<Cow<'a, str>>,
+    series_uid: Cow<'a, str>,
+    modality: Cow<'a, str>,
+    series_number: Option<i64>,
+    series_description: Option<Cow<'a, str>>,
+    sop_instance_uid: Cow<'a, str>,
+    sop_class_uid: Cow<'a, str>,
+    transfer_syntax: Cow<'a, str>,
+    instance_number: Option<i64>,
+    frames: Option<u32>,
+    not_for_research: bool,
+}
+
+impl InstanceMeta {
+    /// The record sealed at the end of the instance's blob, from which the index row can
+    /// be made again. Wiped on drop: it holds the descriptions in the clear.
+    pub(crate) fn to_record(&self) -> Zeroizing<Vec<u8>> {
+        let r = Record {
+            format: Cow::Borrowed(RECORD_FORMAT),
+            pseudonym: Cow::Borrowed(&self.pseudonym),
+            sex: self.sex.as_deref().map(Cow::Borrowed),
+            study_uid: Cow::Borrowed(&self.study_uid),
+            study_date: self.study_date.as_deref().map(Cow::Borrowed),
+            study_description: self.study_description.as_deref().map(Cow::Borrowed),
+            age_years: self.age_years,
+            body_part: self.body_part.as_deref().map(Cow::Borrowed),
+            series_uid: Cow::Borrowed(&self.series_uid),
+            modality: Cow::Borrowed(&self.modality),
+            series_number: self.series_number,
+            series_description: self.series_description.as_deref().map(Cow::Borrowed),
+            sop_instance_uid: Cow::Borrowed(&self.sop_instance_uid),
+            sop_class_uid: Cow::Borrowed(&self.sop_class_uid),
+            transfer_syntax: Cow::Borrowed(&self.transfer_syntax),
+            instance_number: self.instance_number,
+            frames: self.frames,
+            not_for_research: self.not_for_research,
+        };
+        // Writing owned strings and integers into a Vec cannot fail.
+        Zeroizing::new(serde_json::to_vec(&r).expect("a record serializes"))
+    }
+
+    /// Reads a record written by [`InstanceMeta::to_record`]; `None` if it is not one (an
+    /// unknown format or field), which the caller treats as a damaged blob.
+    pub(crate) fn from_record(bytes: &[u8]) -> Option<InstanceMeta> {
+        let r: Record<'_> = serde_json::from_slice(bytes).ok()?;
+        if r.format != RECORD_FORMAT {
+            return None;
+        }
+        let own = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
+        Some(InstanceMeta {
+            pseudonym: r.pseudonym.into_owned(),
+            sex: own(r.sex),
+            study_uid: r.study_uid.into_owned(),
+            study_date: own(r.study_date),
+            study_description: own(r.study_description),
+            age_years: r.age_years,
+            body_part: own(r.body_part),
+            series_uid: r.series_uid.into_owned(),
+            modality: r.modality.into_owned(),
+            series_number: r.series_number,
+            series_description: own(r.series_description),
+            sop_instance_uid: r.sop_instance_uid.into_owned(),
+            sop_class_uid: r.sop_class_uid.into_owned(),
+            transfer_syntax: r.transfer_syntax.into_owned(),
+            instance_number: r.instance_number,
+            frames: r.frames,
+            not_for_research: r.not_for_research,
+        })
     }
 }
 

@@ -85,6 +85,8 @@ CREATE INDEX IF NOT EXISTS observations_patient ON observations(patient_id, code
 pub(crate) fn open(path: &Path) -> Result<Connection, Error> {
     let conn = Connection::open(path).map_err(Error::db("opening the index"))?;
     // WAL with synchronous=FULL: a committed transaction is on disk when commit returns.
+    // The transaction filing an instance alone runs with NORMAL (store.rs,
+    // `index_instance`): its blob's record makes it durable.
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(Error::db("switching to WAL mode"))?;

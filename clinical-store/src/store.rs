@@ -38,10 +38,11 @@ fn new_id() -> String {
 }
 
 impl ClinicalStore {
-    /// Open the store in `dir` (creating it if needed) and sweep what a crash may have left:
-    /// temporary blob files and blobs that no index row refers to.
+    /// Open the store in `dir` (creating it if needed) and sweep what a crash or a power cut
+    /// may have left: whole blobs that no index row refers to are filed again from their
+    /// records, temporary files and blobs that are not whole are removed.
     pub fn open(dir: &Path, keys: StoreKeys) -> Result<ClinicalStore, Error> {
-        let store = Self::open_unswept(dir, keys)?;
+        let mut store = Self::open_unswept(dir, keys)?;
         store.sweep()?;
         store.create_shards()?;
         Ok(store)
@@ -75,11 +76,15 @@ impl ClinicalStore {
         self.blobs.join(&hex[..2]).join(hex)
     }
 
-    /// Remove temporary blob files, and blobs the index does not know (written, then the
-    /// process died before the index transaction committed).
-    fn sweep(&self) -> Result<(), Error> {
+    /// Deal with what a crash or a power cut may have left: file again every whole blob the
+    /// index does not know, from the record sealed at its end (its row was lost with the
+    /// index's last unsynced commits, or the process died between the blob's fsync and the
+    /// row's commit); remove temporary files and blobs that are not whole (never
+    /// acknowledged: an acknowledged blob was fsync'd first).
+    fn sweep(&mut self) -> Result<(), Error> {
         let entries = std::fs::read_dir(&self.blobs).map_err(|e| Error::io("listing", &self.blobs, e))?;
         let mut removed = 0usize;
+        let mut refiled = 0usize;
         for entry in entries {
             let sub = entry.map_err(|e| Error::io("listing", &self.blobs, e))?.path();
             if !sub.is_dir() {
@@ -91,13 +96,15 @@ impl ClinicalStore {
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let orphan = if name.starts_with('.') && name.ends_with(".tmp") {
                     true
-                } else if BlobId::from_hex(&name).is_some() {
-                    let known: Option<i64> = self
-                        .conn
-                        .query_row("SELECT 1 FROM instances WHERE blob_id = ?1", [&name], |r| r.get(0))
-                        .optional()
-                        .map_err(Error::db("sweeping orphan blobs"))?;
-                    known.is_none()
+                } else if let Some(id) = BlobId::from_hex(&name) {
+                    if self.instance_with_blob(id)?.is_some() {
+                        false
+                    } else if self.refile(&path, id)? {
+                        refiled += 1;
+                        false
+                    } else {
+                        true
+                    }
                 } else {
                     false
                 };
@@ -114,7 +121,39 @@ impl ClinicalStore {
         if removed > 0 {
             tracing::info!(removed, "clinical store: removed blobs left by an interrupted write");
         }
+        if refiled > 0 {
+            tracing::warn!(refiled, "clinical store: filed instances again from their blobs (their index rows were lost in a crash)");
+        }
         Ok(())
+    }
+
+    fn instance_with_blob(&self, id: BlobId) -> Result<Option<i64>, Error> {
+        self.conn
+            .query_row("SELECT 1 FROM instances WHERE blob_id = ?1", [id.to_hex()], |r| r.get(0))
+            .optional()
+            .map_err(Error::db("sweeping orphan blobs"))
+    }
+
+    /// Files an unknown blob from its record if it is a whole version 2 blob. `false` if
+    /// it is not whole (cut short, altered, a temporary file's content), has no record
+    /// (version 1: its row was always committed durably first), or duplicates or
+    /// contradicts what is filed: the caller then removes it. Errors (the disk, a key
+    /// version the keyring lacks) stop the open and remove nothing.
+    fn refile(&mut self, path: &Path, id: BlobId) -> Result<bool, Error> {
+        let (record, len) = match crate::blob::read_record(path, &self.keys.blob_keys, id) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(false),
+            Err(e @ (Error::Io { .. } | Error::UnknownKeyVersion(_))) => return Err(e),
+            Err(_) => return Ok(false),
+        };
+        let Some(meta) = InstanceMeta::from_record(&record).filter(|m| validate_meta(m).is_ok()) else {
+            return Ok(false);
+        };
+        match self.index_instance(&meta, id, len) {
+            Ok(PutOutcome::Stored { .. }) => Ok(true),
+            Ok(PutOutcome::AlreadyStored) | Err(Error::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn seal(&self, table: &'static str, column: &'static str, row: &str, text: &str) -> Vec<u8> {
@@ -149,7 +188,7 @@ impl ClinicalStore {
         self.ensure_shard(&dest)?;
         let mut w = BlobWriter::create(dest.clone(), self.keys.current_blob_key(), id)?;
         write_blob(&mut w).map_err(|e| Error::Producer(e.into()))?;
-        let written = w.finish()?;
+        let written = w.finish(&meta.to_record())?;
         match self.index_instance(&meta, id, written.plaintext_len) {
             Ok(outcome) => {
                 if outcome == PutOutcome::AlreadyStored {
@@ -177,14 +216,11 @@ impl ClinicalStore {
         PendingBlob::create(dest, self.keys.current_blob_key(), id, marker.as_bytes())
     }
 
-    /// Files a finished blob under `meta` (whose pseudonym must be the one the blob was
-    /// finished with) in one index transaction. `AlreadyStored` if the SOP instance is
-    /// already filed; the new blob is then deleted and the stored one kept.
-    pub fn commit_instance(&mut self, blob: FinishedBlob, meta: InstanceMeta) -> Result<PutOutcome, Error> {
-        validate_meta(&meta)?;
-        if blob.pseudonym != meta.pseudonym {
-            return Err(Error::InvalidInput { field: "pseudonym", rule: "it must be the one the blob was finished with" });
-        }
+    /// Files a finished blob under the metadata it was finished with, in one index
+    /// transaction. `AlreadyStored` if the SOP instance is already filed; the new blob is
+    /// then deleted and the stored one kept.
+    pub fn commit_instance(&mut self, mut blob: FinishedBlob) -> Result<PutOutcome, Error> {
+        let meta = blob.meta.take().ok_or(Error::InvalidInput { field: "blob", rule: "it must be finished with the instance's metadata" })?;
         let outcome = self.index_instance(&meta, blob.id, blob.written.plaintext_len)?;
         if matches!(outcome, PutOutcome::Stored { .. }) {
             blob.keep();
@@ -227,7 +263,22 @@ impl ClinicalStore {
         Ok(())
     }
 
+    /// Commits an instance's rows without waiting for the disk (`synchronous=NORMAL` for
+    /// this one transaction; FORMAT.md, "Writing durably"). Its blob, already fsync'd,
+    /// carries the same rows as its record, so a power cut that loses the commit loses
+    /// nothing: the sweep at the next open files the blob again. Every other write of the
+    /// index (notes, observations) still waits for its commit to reach the disk, and so
+    /// also makes the instance rows before it durable.
     fn index_instance(&mut self, m: &InstanceMeta, blob: BlobId, size: u64) -> Result<PutOutcome, Error> {
+        cached_exec(&self.conn, "PRAGMA synchronous = NORMAL", []).map_err(Error::db("starting a put"))?;
+        let outcome = self.index_instance_rows(m, blob, size);
+        let restored = cached_exec(&self.conn, "PRAGMA synchronous = FULL", []).map_err(Error::db("finishing a put"));
+        let outcome = outcome?;
+        restored?;
+        Ok(outcome)
+    }
+
+    fn index_instance_rows(&mut self, m: &InstanceMeta, blob: BlobId, size: u64) -> Result<PutOutcome, Error> {
         let tx = self.conn.transaction().map_err(Error::db("starting a put"))?;
         if cached_row(&tx, "SELECT 1 FROM instances WHERE sop_instance_uid = ?1", [&m.sop_instance_uid], |_| Ok(()))
             .map_err(Error::db("checking for a stored instance"))?
@@ -730,7 +781,7 @@ fn upsert_patient(tx: &Connection, pseudonym: &str, sex: Option<&str>) -> Result
     }
 }
 
-fn validate_meta(m: &InstanceMeta) -> Result<(), Error> {
+pub(crate) fn validate_meta(m: &InstanceMeta) -> Result<(), Error> {
     validate::pseudonym(&m.pseudonym)?;
     if let Some(s) = &m.sex {
         validate::sex(s)?;
@@ -748,4 +799,42 @@ fn validate_meta(m: &InstanceMeta) -> Result<(), Error> {
         validate::dicom_date("study date", d)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cleave_keys::KeySource;
+    use std::io::Write;
+
+    /// Instance rows are the only writes that do not wait for the disk: the setting is
+    /// back to FULL after each, whatever the outcome, so notes and observations still do.
+    #[test]
+    fn only_instance_commits_skip_the_wait_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("keys");
+        let ring = Keyring::open_or_create(&k.join("keyring.json"), KeySource::KeyFile(k.join("master.key"))).unwrap();
+        let mut store = ClinicalStore::open(&dir.path().join("store"), StoreKeys::unwrap(&ring).unwrap()).unwrap();
+        let sync = |s: &ClinicalStore| s.conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(sync(&store), 2, "FULL when opened");
+        let meta = InstanceMeta {
+            pseudonym: "P1-00112233445566778899aabbccddeeff".into(),
+            study_uid: "2.25.1".into(),
+            series_uid: "2.25.2".into(),
+            modality: "CT".into(),
+            sop_instance_uid: "2.25.3".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            ..InstanceMeta::default()
+        };
+        assert!(matches!(store.put_instance(meta.clone(), |w| w.write_all(b"x")), Ok(PutOutcome::Stored { .. })));
+        assert_eq!(sync(&store), 2, "FULL after a stored instance");
+        assert_eq!(store.put_instance(meta.clone(), |w| w.write_all(b"x")).unwrap(), PutOutcome::AlreadyStored);
+        assert_eq!(sync(&store), 2, "FULL after a duplicate");
+        let mut conflict = meta;
+        conflict.pseudonym = "P1-ffeeddccbbaa99887766554433221100".into();
+        conflict.sop_instance_uid = "2.25.4".into();
+        assert!(matches!(store.put_instance(conflict, |w| w.write_all(b"x")), Err(Error::Conflict(_))));
+        assert_eq!(sync(&store), 2, "FULL after a refusal");
+    }
 }

@@ -34,8 +34,8 @@ fn child(dir: &std::path::Path) {
             if i % 4 == 1 {
                 p.prepare_finish().unwrap();
             }
-            let done = p.finish(&pseudonym).unwrap();
-            store.commit_instance(done, m).unwrap();
+            let done = p.finish(m).unwrap();
+            store.commit_instance(done).unwrap();
             println!("ACK {uid} {len} {pseudonym}");
         }
     }

@@ -118,8 +118,8 @@ fn a_pending_instance_gets_its_pseudonym_and_leaves_nothing_when_abandoned() {
     };
     let mut p = store.begin_instance(marker).unwrap();
     p.write_all(&body(marker)).unwrap();
-    let done = p.finish(&m.pseudonym).unwrap();
-    assert_eq!(store.commit_instance(done, m.clone()).unwrap(), PutOutcome::Stored { size: 300_000 });
+    let done = p.finish(m.clone()).unwrap();
+    assert_eq!(store.commit_instance(done).unwrap(), PutOutcome::Stored { size: 300_000 });
     let mut got = Vec::new();
     store.open_instance(&m.sop_instance_uid).unwrap().read_to_end(&mut got).unwrap();
     assert!(got == body(&m.pseudonym), "the pseudonym is where the marker was, and only there");
@@ -127,22 +127,23 @@ fn a_pending_instance_gets_its_pseudonym_and_leaves_nothing_when_abandoned() {
     // The same instance again: AlreadyStored, and the second blob is gone.
     let mut p = store.begin_instance(marker).unwrap();
     p.write_all(&body(marker)).unwrap();
-    let done = p.finish(&m.pseudonym).unwrap();
-    assert_eq!(store.commit_instance(done, m.clone()).unwrap(), PutOutcome::AlreadyStored);
+    let done = p.finish(m.clone()).unwrap();
+    assert_eq!(store.commit_instance(done).unwrap(), PutOutcome::AlreadyStored);
     assert_eq!(blob_files(&dir.path().join("store")).len(), 1);
 
-    // A conflict (same study, other patient) and a pseudonym other than the blob's: refused,
+    // A conflict (same study, other patient) and metadata the index would refuse: refused,
     // nothing left behind.
     let mut other = meta(2, 1, 1, 9);
     other.study_uid = m.study_uid.clone();
     let mut p = store.begin_instance(marker).unwrap();
     p.write_all(&body(marker)).unwrap();
-    let done = p.finish(&other.pseudonym).unwrap();
-    assert!(matches!(store.commit_instance(done, other.clone()), Err(Error::Conflict(_))));
+    let done = p.finish(other.clone()).unwrap();
+    assert!(matches!(store.commit_instance(done), Err(Error::Conflict(_))));
     let mut p = store.begin_instance(marker).unwrap();
     p.write_all(&body(marker)).unwrap();
-    let done = p.finish(&pseudonym(7)).unwrap();
-    assert!(matches!(store.commit_instance(done, meta(3, 3, 3, 3)), Err(Error::InvalidInput { .. })));
+    let mut bad = meta(3, 3, 3, 3);
+    bad.study_uid = "not a UID".into();
+    assert!(matches!(p.finish(bad), Err(Error::InvalidInput { field: "study UID", .. })));
     assert_eq!(blob_files(&dir.path().join("store")).len(), 1);
 
     // Abandoned mid-write (a cut connection): its temporary file goes with it.
@@ -373,10 +374,20 @@ fn tampered_blobs_are_refused_never_misread() {
     let good_a = std::fs::read(&pa).unwrap();
     let good_b = std::fs::read(&pb).unwrap();
     let off = |i: usize| 48 + i * CHUNK;
+    // The record section at the end (FORMAT.md, version 2): kept in place below, so that
+    // each change to the chunks is found by the chunks' own checks.
+    let rec_len = 4 + u32::from_be_bytes(good_a[good_a.len() - 4..].try_into().unwrap()) as usize;
+    let (chunks_a, rec_a) = good_a.split_at(good_a.len() - rec_len);
+    let with_record = |chunks: &[u8]| [chunks, rec_a].concat();
 
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
-    cases.push(("truncated mid-chunk", good_a[..good_a.len() - 7].to_vec()));
-    cases.push(("final chunk dropped", good_a[..off(3)].to_vec()));
+    cases.push(("truncated mid-chunk", with_record(&chunks_a[..chunks_a.len() - 7])));
+    cases.push(("final chunk dropped", with_record(&chunks_a[..off(3)])));
+    cases.push(("the end cut off", good_a[..good_a.len() - 7].to_vec()));
+    let mut v = good_a.clone();
+    let at = chunks_a.len() + 5;
+    v[at] ^= 0x01;
+    cases.push(("record altered", v));
     let mut v = good_a[..off(0)].to_vec();
     v.extend_from_slice(&good_a[off(1)..off(2)]);
     v.extend_from_slice(&good_a[off(0)..off(1)]);
@@ -385,9 +396,9 @@ fn tampered_blobs_are_refused_never_misread() {
     let mut v = good_a.clone();
     v[off(1)..off(2)].copy_from_slice(&good_b[off(1)..off(2)]);
     cases.push(("spliced from another blob", v));
-    let mut v = good_a.clone();
+    let mut v = chunks_a.to_vec();
     v.extend_from_slice(&good_a[off(1)..off(2)]);
-    cases.push(("extended", v));
+    cases.push(("extended", with_record(&v)));
 
     let mut v = good_a.clone();
     v[off(2) + 1000] ^= 0x80;
@@ -399,7 +410,7 @@ fn tampered_blobs_are_refused_never_misread() {
         let (got, err) = read_all(&store, &a.sop_instance_uid);
         let err = err.unwrap_or_else(|| panic!("{what}: read without error"));
         assert!(body_a.starts_with(&got), "{what}: released wrong plaintext");
-        assert!(got.len() < body_a.len(), "{what}: released everything");
+        assert!(got.len() < body_a.len() || what == "record altered", "{what}: released everything");
         let msg = err.to_string();
         assert!(!msg.contains(&a.sop_instance_uid) && !msg.contains("P1-"), "{what}: message leaks an id: {msg}");
         match (what, &err) {
@@ -410,6 +421,8 @@ fn tampered_blobs_are_refused_never_misread() {
             ("flipped bit", Error::BlobCorrupt { chunk: 2 }) => {}
             ("another blob under this id", Error::BlobCorrupt { chunk: 0 }) => {}
             ("truncated mid-chunk", Error::BlobCorrupt { chunk: 3 }) => {}
+            ("the end cut off", Error::BlobMalformed(_)) => {}
+            ("record altered", Error::BlobRecordCorrupt) => {}
             _ => panic!("{what}: unexpected error {err:?}"),
         }
     }

@@ -3,7 +3,8 @@
 
 For every good vector in the directory given as argument, derive the per-blob key with the
 reference BLAKE3 (Python `blake3`), decrypt each chunk with libsodium's XChaCha20-Poly1305
-(PyNaCl), compare with the recorded plaintext, then re-encrypt and compare byte for byte.
+(PyNaCl), and for version 2 the record after the chunks, compare with the recorded
+plaintext and record, then re-encrypt and compare byte for byte.
 Prints `ok <name>` per vector; exits non-zero on any mismatch. Needs `pip install pynacl blake3`.
 """
 import json, pathlib, struct, sys
@@ -21,19 +22,30 @@ def nonce(blob_nonce, index, last):
     return blob_nonce[:19] + struct.pack(">I", index) + bytes([1 if last else 0])
 
 
+RECORD_FLAG = 2  # the record's nonce: index 0, flag 2
+
+
 def check(vec_path):
     v = json.loads(vec_path.read_text())
     blob = (vec_path.parent / v["blob"]).read_bytes()
     key, blob_id = bytes.fromhex(v["key"]), bytes.fromhex(v["blob_id"])
     header = blob[:HEADER]
-    assert header[:7] == b"CLVBLOB" and header[7] == 1, "magic/version"
+    version = header[7]
+    assert header[:7] == b"CLVBLOB" and version in (1, 2), "magic/version"
     key_version, chunk_size = struct.unpack(">II", header[8:16])
     assert key_version == v["key_version"] and chunk_size == v["chunk_size"]
     blob_nonce = header[16:48]
     assert blob_nonce.hex() == v["blob_nonce"]
     blob_key = blake3(key + blob_nonce, derive_key_context=KDF_CONTEXT).digest()
     ad = header + blob_id
-    body, plain, index = blob[HEADER:], b"", 0
+    body, record = blob[HEADER:], None
+    if version == 2:
+        (sealed_len,) = struct.unpack(">I", body[-4:])
+        sealed, body = body[-4 - sealed_len:-4], body[:-4 - sealed_len]
+        record_nonce = blob_nonce[:19] + struct.pack(">I", 0) + bytes([RECORD_FLAG])
+        record = crypto_aead_xchacha20poly1305_ietf_decrypt(sealed, ad, record_nonce, blob_key)
+        assert record.hex() == v["record"], "record differs"
+    plain, index = b"", 0
     while True:
         chunk, body = body[:chunk_size + TAG], body[chunk_size + TAG:]
         last = len(body) == 0
@@ -47,6 +59,9 @@ def check(vec_path):
     again = header + b"".join(
         crypto_aead_xchacha20poly1305_ietf_encrypt(c, ad, nonce(blob_nonce, i, i == len(chunks) - 1), blob_key)
         for i, c in enumerate(chunks))
+    if version == 2:
+        sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(record, ad, record_nonce, blob_key)
+        again += sealed + struct.pack(">I", len(sealed))
     assert again == blob, "re-encryption differs"
 
 

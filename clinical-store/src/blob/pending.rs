@@ -33,7 +33,7 @@ use cleave_keys::{durable, VersionedKey, WipedBuf};
 use memchr::memmem;
 use zeroize::Zeroizing;
 
-use super::{BlobId, ChunkSealer, Header, WrittenBlob, DEFAULT_CHUNK_SIZE, HEADER_LEN, TAG_LEN};
+use super::{BlobId, ChunkSealer, Header, WrittenBlob, DEFAULT_CHUNK_SIZE, HEADER_LEN, TAG_LEN, VERSION_2};
 use crate::Error;
 
 /// Chunks that may be kept in memory because they hold the marker. An instance holds its
@@ -168,9 +168,10 @@ impl MarkedEncoder {
         Ok(())
     }
 
-    /// Replaces the markers, seals the kept and final chunks and writes them into place.
-    /// Returns the file, the plaintext length and how many markers were replaced.
-    fn finish(mut self, replacement: &[u8]) -> Result<(File, u64, usize), Error> {
+    /// Replaces the markers, seals the kept and final chunks and writes them into place,
+    /// then the sealed `record` after the final chunk. Returns the file, the plaintext
+    /// length and how many markers were replaced.
+    fn finish(mut self, replacement: &[u8], record: &[u8]) -> Result<(File, u64, usize), Error> {
         if self.poisoned {
             return Err(Error::WriterPoisoned);
         }
@@ -184,6 +185,7 @@ impl MarkedEncoder {
         }
         let final_index = self.index;
         let last = std::mem::take(&mut self.buf);
+        let record_at = self.chunk_offset(final_index) + (last.len() + TAG_LEN) as u64;
         self.kept.push((final_index, last));
 
         // Replace within each run of consecutive kept chunks, so a marker that straddles
@@ -219,6 +221,11 @@ impl MarkedEncoder {
             }
             i = j;
         }
+        let sealed = self.cipher.seal_record(record)?;
+        self.out
+            .file
+            .write_all_at(&sealed, record_at)
+            .map_err(|e| Error::io("writing the record to", Path::new("the blob file"), e))?;
         Ok((self.out.file, self.plaintext_len, replaced))
     }
 }
@@ -231,7 +238,7 @@ impl MarkedEncoder {
 /// it writes under the blob's own name (no rename: one journal commit less for the sender
 /// to wait for), but no index row names the file until it is durable, so nothing reads it
 /// before; dropped unfinished it deletes the file, and after a crash the store's sweep
-/// does.
+/// does (a file cut short has no final chunk and no record).
 pub struct PendingBlob {
     pub(super) enc: Option<MarkedEncoder>,
     /// The blob's own name: written in place (see `create_with`). Emptied once finished.
@@ -260,7 +267,8 @@ impl PendingBlob {
         // Written under its own name, not a temporary one renamed at the end: a rename is
         // one more journal commit the sender would wait for. Nothing reads a blob that no
         // index row names, the index row is committed only after this file is durable, and
-        // a file left by a crash is removed by the sweep when the store next opens.
+        // an unfinished file left by a crash is removed by the sweep when the store next
+        // opens.
         let mut file = durable::create_new_with_mode(&dest, 0o600).map_err(|e| Error::io("creating", &dest, e))?;
         // From here on the Drop impl removes the file on any failure.
         let mut w = PendingBlob { enc: None, dest, id };
@@ -269,7 +277,7 @@ impl PendingBlob {
             cleave_keys::random_bytes(&mut n);
             n
         });
-        let header = Header { key_version: key.version, chunk_size, blob_nonce };
+        let header = Header { version: VERSION_2, key_version: key.version, chunk_size, blob_nonce };
         file.write_all(&header.encode()).map_err(|e| Error::io("writing the header of", &w.dest, e))?;
         let marker = Zeroizing::new(marker.to_vec());
         let finder = memmem::Finder::new(&marker[..]).into_owned();
@@ -307,16 +315,28 @@ impl PendingBlob {
         Ok(())
     }
 
-    /// Puts `pseudonym` where every marker is, seals what was kept back, and fsyncs the
-    /// file and its directory. Takes no lock on the store: call it
-    /// before [`crate::ClinicalStore::commit_instance`], which only writes the index row.
+    /// Puts `meta`'s pseudonym where every marker is, seals what was kept back, seals
+    /// `meta` as the blob's record (FORMAT.md, "The record"), and fsyncs the file and its
+    /// directory. From then on the blob alone is enough to file the instance again should
+    /// a power cut lose its index row. Takes no lock on the store: call it before
+    /// [`crate::ClinicalStore::commit_instance`], which only writes the index row.
     ///
-    /// Fails if `pseudonym` is not exactly as long as the marker, or if the marker was
-    /// never written (an object that does not name its patient was not de-identified by
-    /// the caller's pipeline). The file is then removed.
-    pub fn finish(mut self, pseudonym: &str) -> Result<FinishedBlob, Error> {
+    /// Fails if `meta` breaks a rule of the index, if its pseudonym is not exactly as long
+    /// as the marker, or if the marker was never written (an object that does not name its
+    /// patient was not de-identified by the caller's pipeline). The file is then removed.
+    pub fn finish(self, meta: crate::InstanceMeta) -> Result<FinishedBlob, Error> {
+        crate::store::validate_meta(&meta)?;
+        let record = meta.to_record();
+        let pseudonym = meta.pseudonym.clone();
+        let mut finished = self.finish_with_record(&pseudonym, &record)?;
+        finished.meta = Some(meta);
+        Ok(finished)
+    }
+
+    /// [`PendingBlob::finish`] with the record given as bytes.
+    pub(crate) fn finish_with_record(mut self, pseudonym: &str, record: &[u8]) -> Result<FinishedBlob, Error> {
         let enc = self.enc.take().ok_or(Error::WriterPoisoned)?;
-        let (file, plaintext_len, replaced) = enc.finish(pseudonym.as_bytes())?;
+        let (file, plaintext_len, replaced) = enc.finish(pseudonym.as_bytes(), record)?;
         if replaced == 0 {
             return Err(Error::InvalidInput { field: "instance", rule: "the pseudonym marker was never written, so the object does not name its patient" });
         }
@@ -326,18 +346,20 @@ impl PendingBlob {
         drop(file);
         let dir = self.dest.parent().unwrap_or(Path::new("."));
         durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
-        Ok(FinishedBlob { id: self.id, dest: std::mem::take(&mut self.dest), written: WrittenBlob { plaintext_len }, pseudonym: pseudonym.to_owned() })
+        Ok(FinishedBlob { id: self.id, dest: std::mem::take(&mut self.dest), written: WrittenBlob { plaintext_len }, meta: None })
     }
 }
 
 /// A pending blob with its pseudonym in place, durable under its own name, waiting for its
 /// index row. Dropped without [`crate::ClinicalStore::commit_instance`] succeeding, it
-/// deletes its file (the crash sweep would otherwise remove it at the next start).
+/// deletes its file. Left by a crash, it is whole and holds its record, so the sweep at the
+/// next start files it (its sender, never answered, will find it already stored).
 pub struct FinishedBlob {
     pub(crate) id: BlobId,
     dest: PathBuf,
     pub(crate) written: WrittenBlob,
-    pub(crate) pseudonym: String,
+    /// What the record holds, for the index row.
+    pub(crate) meta: Option<crate::InstanceMeta>,
 }
 
 impl std::fmt::Debug for FinishedBlob {

@@ -25,6 +25,9 @@ struct Vector {
     chunk_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     blob_nonce: Option<String>,
+    /// Version 2 only: the record sealed after the chunks, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record: Option<String>,
 }
 
 fn vectors_dir() -> PathBuf {
@@ -45,13 +48,35 @@ fn outcome(e: &Error) -> String {
         Error::BlobUnknownFormat => "unknown-format".into(),
         Error::BlobMalformed(_) => "malformed".into(),
         Error::UnknownKeyVersion(_) => "unknown-key-version".into(),
+        Error::BlobRecordCorrupt => "record-corrupt".into(),
         other => format!("other: {other}"),
+    }
+}
+
+/// Decrypt `blob` in small reads, then open its record if it has one; returns what was
+/// released, the record and the error, if any.
+fn decrypt_whole(blob: &[u8], keys: &[VersionedKey], id: BlobId) -> (Vec<u8>, Option<Vec<u8>>, Option<Error>) {
+    let (plain, err) = decrypt(blob, keys, id);
+    if err.is_some() {
+        return (plain, None, err);
+    }
+    let layout = Layout::of_slice(blob).expect("decrypt checked the layout");
+    let Some((at, n)) = layout.record else { return (plain, None, None) };
+    let mut dec = Decoder::over(blob, keys, id).unwrap();
+    std::io::copy(&mut dec, &mut std::io::sink()).unwrap();
+    let mut sealed = blob[at as usize..at as usize + n].to_vec();
+    match dec.open_record(&mut sealed) {
+        Ok(()) => {
+            sealed.truncate(n - TAG_LEN);
+            (plain, Some(sealed), None)
+        }
+        Err(e) => (plain, None, Some(e)),
     }
 }
 
 /// Decrypt `blob` in small reads; returns what was released and the error, if any.
 fn decrypt(blob: &[u8], keys: &[VersionedKey], id: BlobId) -> (Vec<u8>, Option<Error>) {
-    let mut dec = match Decoder::new(blob, keys, id) {
+    let mut dec = match Decoder::over(blob, keys, id) {
         Ok(d) => d,
         Err(e) => return (Vec::new(), Some(e)),
     };
@@ -87,7 +112,7 @@ fn every_vector_file_has_its_expected_outcome() {
         let plaintext = hex::decode(&v.plaintext).unwrap();
         let id = BlobId::from_hex(&v.blob_id).unwrap();
         let keys = [key(&v.key, v.key_version)];
-        let (got, err) = decrypt(&blob, &keys, id);
+        let (got, record, err) = decrypt_whole(&blob, &keys, id);
         seen += 1;
         if name.starts_with("fail_") {
             fails += 1;
@@ -98,9 +123,10 @@ fn every_vector_file_has_its_expected_outcome() {
             assert!(err.is_none(), "{name}: {err:?}");
             assert_eq!(v.expect, "ok", "{name}");
             assert_eq!(got, plaintext, "{name}: wrong plaintext");
+            assert_eq!(record.map(hex::encode), v.record, "{name}: wrong record");
             let nonce: [u8; 32] = hex::decode(v.blob_nonce.as_ref().unwrap()).unwrap().try_into().unwrap();
             let mut again = Vec::new();
-            encrypt_to_vec(&keys[0], id, v.chunk_size.unwrap(), nonce, &plaintext, &mut again).unwrap();
+            encrypt_to_vec(&keys[0], id, v.chunk_size.unwrap(), nonce, &plaintext, v.record.as_deref().map(|r| hex::decode(r).unwrap()).as_deref(), &mut again).unwrap();
             assert!(again == blob, "{name}: encryption does not reproduce the vector");
         }
     }
@@ -134,7 +160,7 @@ fn chunk_boundaries_round_trip() {
     for len in [0usize, 1, 63, 64, 65, 127, 128, 129, 64 * 5 + 7] {
         let pt: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
         let mut blob = Vec::new();
-        encrypt_to_vec(&k, id, 64, [9; 32], &pt, &mut blob).unwrap();
+        encrypt_to_vec(&k, id, 64, [9; 32], &pt, None, &mut blob).unwrap();
         let chunks = if len == 0 { 1 } else { len.div_ceil(64) };
         assert_eq!(blob.len(), HEADER_LEN + len + chunks * TAG_LEN, "len {len}");
         let (got, err) = decrypt(&blob, std::slice::from_ref(&k), id);
@@ -163,7 +189,7 @@ fn key_versions_are_chosen_by_the_header() {
     let new = key(&"02".repeat(32), 2);
     let id = BlobId::random();
     let mut blob = Vec::new();
-    encrypt_to_vec(&old, id, 64, [1; 32], b"sealed before rotation", &mut blob).unwrap();
+    encrypt_to_vec(&old, id, 64, [1; 32], b"sealed before rotation", None, &mut blob).unwrap();
     let (got, err) = decrypt(&blob, &[new, old], id);
     assert!(err.is_none());
     assert_eq!(got, b"sealed before rotation");
@@ -188,7 +214,7 @@ fn write_vectors() {
     let id_hex = "5ca1ab1e0ddba11c0ffee15bad5eed00";
     let id = BlobId::from_hex(id_hex).unwrap();
     let nonce = |b: u8| -> [u8; 32] { std::array::from_fn(|i| b.wrapping_add(i as u8 * 7)) };
-    let save = |name: &str, desc: &str, pt: &[u8], blob: &[u8], expect: &str, extra: Option<(u32, [u8; 32])>, id_hex: &str, kv: u32| {
+    let save_with = |name: &str, desc: &str, pt: &[u8], blob: &[u8], expect: &str, extra: Option<(u32, [u8; 32])>, id_hex: &str, kv: u32, record: Option<&[u8]>| {
         std::fs::write(dir.join(format!("{name}.blob")), blob).unwrap();
         let v = Vector {
             description: desc.into(),
@@ -200,16 +226,21 @@ fn write_vectors() {
             expect: expect.into(),
             chunk_size: extra.map(|e| e.0),
             blob_nonce: extra.map(|e| hex::encode(e.1)),
+            record: record.map(hex::encode),
         };
         let mut json = serde_json::to_string_pretty(&v).unwrap();
         json.push('\n');
         std::fs::write(dir.join(format!("{name}.json")), json).unwrap();
     };
-    let enc = |pt: &[u8], cs: u32, n: [u8; 32]| {
+    let save = |name: &str, desc: &str, pt: &[u8], blob: &[u8], expect: &str, extra: Option<(u32, [u8; 32])>, id_hex: &str, kv: u32| {
+        save_with(name, desc, pt, blob, expect, extra, id_hex, kv, None)
+    };
+    let enc_with = |pt: &[u8], cs: u32, n: [u8; 32], record: Option<&[u8]>| {
         let mut out = Vec::new();
-        encrypt_to_vec(&k, id, cs, n, pt, &mut out).unwrap();
+        encrypt_to_vec(&k, id, cs, n, pt, record, &mut out).unwrap();
         out
     };
+    let enc = |pt: &[u8], cs: u32, n: [u8; 32]| enc_with(pt, cs, n, None);
     let goods: [(&str, &str, Vec<u8>, u32); 5] = [
         ("empty", "an empty payload: one empty final chunk", Vec::new(), 64),
         ("short", "less than one chunk", b"Cleave blob format test vector: one short chunk.".to_vec(), 64),
@@ -248,8 +279,8 @@ fn write_vectors() {
     b.extend(chunk(&good, 1));
     fails.push(("fail_extra_chunk", "a chunk appended after a partial final chunk: it runs into the final chunk", b, "corrupt:3"));
     let mut b = good.clone();
-    b[7] = 2;
-    fails.push(("fail_unknown_version", "format version byte 2", b, "unknown-format"));
+    b[7] = 3;
+    fails.push(("fail_unknown_version", "format version byte 3", b, "unknown-format"));
     let mut b = good.clone();
     b[0] = b'X';
     fails.push(("fail_bad_magic", "not a blob", b, "unknown-format"));
@@ -284,6 +315,34 @@ fn write_vectors() {
         "5ca1ab1e0ddba11c0ffee15bad5eed01",
         1,
     );
+
+    // Version 2: the same chunks, then the sealed record and its length.
+    let record = br#"{"format":"cleave-instance-record/1","example":"any bytes; the store writes JSON"}"#;
+    let v2 = enc_with(&pt, 64, nonce(160), Some(record));
+    save_with("v2_record", "version 2: four chunks, the last one half full, then a record", &pt, &v2, "ok", Some((64, nonce(160))), id_hex, 1, Some(record));
+    let e = enc_with(&[], 64, nonce(170), Some(b""));
+    save_with("v2_empty", "version 2: an empty payload and an empty record", &[], &e, "ok", Some((64, nonce(170))), id_hex, 1, Some(b""));
+    let rec_at = v2.len() - 4 - (record.len() + TAG_LEN);
+    let mut v2_fails: Vec<(&str, &str, Vec<u8>, &str)> = Vec::new();
+    let mut b = v2.clone();
+    b[rec_at + 3] ^= 0x20;
+    v2_fails.push(("fail_v2_record_flipped", "version 2: one bit flipped in the sealed record", b, "record-corrupt"));
+    let mut b = v2.clone();
+    let n = b.len();
+    b[n - 1] += 1;
+    v2_fails.push(("fail_v2_record_length_changed", "version 2: the record length one more: the last chunk loses its last byte", b, "corrupt:3"));
+    let mut b = v2.clone();
+    b[7] = 1;
+    v2_fails.push(("fail_v2_as_v1", "version 2 relabelled as version 1: the header is authenticated", b, "corrupt:0"));
+    let mut b = good.clone();
+    b[7] = 2;
+    v2_fails.push(("fail_v1_as_v2", "version 1 relabelled as version 2: its last tag bytes read as a record length", b, "malformed"));
+    let mut b = v2[..rec_at].to_vec();
+    b.extend_from_slice(&((record.len() + TAG_LEN) as u32).to_be_bytes());
+    v2_fails.push(("fail_v2_record_removed", "version 2 with its sealed record cut out: the length now reaches into the chunks", b, "corrupt:2"));
+    for (name, desc, blob, expect) in v2_fails {
+        save(name, desc, &pt, &blob, expect, None, id_hex, 1);
+    }
 }
 
 /// A pending blob must come out byte for byte as the ordinary encoder would seal the
@@ -322,15 +381,18 @@ fn a_pending_blob_equals_the_ordinary_encoding_of_the_replaced_plaintext() {
             for part in plain.chunks(piece) {
                 p.write_all(part).unwrap();
             }
-            let done = p.finish(std::str::from_utf8(real).unwrap()).unwrap();
+            let record = format!("record of case {case}").repeat(case as usize % 5);
+            let done = p.finish_with_record(std::str::from_utf8(real).unwrap(), record.as_bytes()).unwrap();
             assert_eq!(done.written.plaintext_len, len as u64);
             let file = std::fs::read(&dest).unwrap();
             let mut want = Vec::new();
-            encrypt_to_vec(&k, id, 64, nonce, &expected, &mut want).unwrap();
+            encrypt_to_vec(&k, id, 64, nonce, &expected, Some(record.as_bytes()), &mut want).unwrap();
             assert!(file == want, "len {len}, markers at {starts:?}, writes of {piece}: not the ordinary encoding");
             let (got, err) = decrypt(&file, std::slice::from_ref(&k), id);
             assert!(err.is_none());
             assert_eq!(got, expected);
+            let (sealed, read_len) = read_record(&dest, std::slice::from_ref(&k), id).unwrap().expect("a version 2 blob has a record");
+            assert_eq!((&sealed[..], read_len), (record.as_bytes(), len as u64));
             // Dropping the finished blob uncommitted removes it.
             drop(done);
             assert!(!dest.exists());
@@ -348,11 +410,11 @@ fn a_pending_blob_refuses_a_wrong_length_a_missing_marker_and_a_bad_marker() {
 
     let mut p = new("a");
     p.write_all(format!("head {marker} tail").as_bytes()).unwrap();
-    assert!(matches!(p.finish("P12-00112233445566778899aabbccddeeff"), Err(Error::InvalidInput { field: "pseudonym", .. })));
+    assert!(matches!(p.finish_with_record("P12-00112233445566778899aabbccddeeff", b"{}"), Err(Error::InvalidInput { field: "pseudonym", .. })));
 
     let mut p = new("b");
     p.write_all(&[5u8; 100_000]).unwrap();
-    assert!(matches!(p.finish("P1-ffeeddccbbaa99887766554433221100"), Err(Error::InvalidInput { field: "instance", .. })));
+    assert!(matches!(p.finish_with_record("P1-ffeeddccbbaa99887766554433221100", b"{}"), Err(Error::InvalidInput { field: "instance", .. })));
 
     let mut p = new("c");
     p.write_all(marker.as_bytes()).unwrap();
@@ -383,5 +445,5 @@ fn only_chunks_holding_the_marker_are_kept_in_memory() {
     p.write_all(&body).unwrap();
     let kept = p.enc.as_ref().unwrap().kept.len();
     assert_eq!(kept, 1, "only the chunk with the marker is held");
-    p.finish("P1-ffeeddccbbaa99887766554433221100").unwrap().keep();
+    p.finish_with_record("P1-ffeeddccbbaa99887766554433221100", b"{}").unwrap().keep();
 }
