@@ -183,6 +183,24 @@ impl AuditTrail {
         Ok(())
     }
 
+    /// One `ingest` entry by the system actor `clinical-store-sweep` for each instance the
+    /// clinical store filed again when it opened (a crash had lost its index row; its blob
+    /// held the row as its record: clinical-store FORMAT.md, "Writing durably"), under the
+    /// patient's and the study's keyed references like any ingest. The device's own entry
+    /// may be there too (the instance was acknowledged) or not (the crash came first).
+    pub(crate) fn record_refiled(&self, refiled: &[clinical_store::Refiled]) -> Result<(), crate::Error> {
+        for r in refiled {
+            let entry = Entry::new(Actor::new(ActorKind::System, "clinical-store-sweep"), Operation::Ingest, Outcome::Allowed)
+                .with_resource(self.refs.patient_ref(&r.pseudonym))
+                .with_resource(self.refs.study_ref(&r.study_uid));
+            self.log.append(&entry).map_err(audit_error)?;
+        }
+        if let (false, Some(s)) = (refiled.is_empty(), &self.syslog) {
+            s.notify();
+        }
+        Ok(())
+    }
+
     pub fn log(&self) -> &AuditLog {
         &self.log
     }

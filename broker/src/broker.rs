@@ -225,7 +225,10 @@ pub async fn start(opts: ServeOptions) -> Result<RunningBroker, Error> {
     }
     let idle = std::time::Duration::from_secs(config.store_idle_secs);
     let keyring = std::sync::Arc::new(keyring);
-    let stores = crate::stores::Stores::new(&opened.data_dir, keyring.clone(), idle)?;
+    let (stores, swept) = crate::stores::Stores::new(&opened.data_dir, keyring.clone(), idle)?;
+    // Instances the clinical store filed again because a crash lost their index rows: each
+    // gets an ingest entry of its own, before anything is served.
+    trail.record_refiled(&swept.refiled)?;
     let pipeline = crate::ingest::Pipeline {
         vault: stores.vault.clone(),
         clinical: stores.clinical.clone(),

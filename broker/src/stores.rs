@@ -25,16 +25,17 @@ pub(crate) struct Stores {
 
 impl Stores {
     /// `<data>/identity/vault.db` and `<data>/clinical/`, each opened on first use. The
-    /// clinical store's crash sweep runs once, here.
-    pub(crate) fn new(data_dir: &Path, keyring: Arc<Keyring>, idle: Duration) -> Result<Stores, Error> {
+    /// clinical store's crash sweep runs once, here; what it filed again is returned for
+    /// the audit trail.
+    pub(crate) fn new(data_dir: &Path, keyring: Arc<Keyring>, idle: Duration) -> Result<(Stores, clinical_store::SweepReport), Error> {
         let dir = data_dir.join("identity");
         cleave_keys::durable::create_private_dir(&dir).map_err(|e| Error::io("creating", &dir, e))?;
         let ring = keyring.clone();
         let vault = Vault::on_demand_with(dir.join("vault.db"), idle, move || VaultKeys::unwrap(&ring));
         let cdir = data_dir.join("clinical");
         cleave_keys::durable::create_private_dir(&cdir).map_err(|e| Error::io("creating", &cdir, e))?;
-        let clinical = ClinicalStore::on_demand(cdir, keyring, idle).map_err(clinical_error)?;
-        Ok(Stores { vault, clinical })
+        let (clinical, swept) = ClinicalStore::on_demand_swept(cdir, keyring, idle).map_err(clinical_error)?;
+        Ok((Stores { vault, clinical }, swept))
     }
 }
 

@@ -39,7 +39,7 @@ pub use error::Error;
 pub use keys::StoreKeys;
 pub use records::{
     InstanceMeta, InstanceQuery, InstanceRecord, NewNote, NewObservation, NoteRecord, ObservationRecord, ObservationValue,
-    PatientRecord, PutOutcome, SeriesQuery, SeriesRecord, StudyQuery, StudyRecord,
+    PatientRecord, PutOutcome, Refiled, SeriesQuery, SeriesRecord, StudyQuery, StudyRecord, SweepReport,
 };
 pub use store::{ClinicalStore, DEFAULT_IDLE_TTL};
 

@@ -131,6 +131,36 @@ impl InstanceMeta {
     }
 }
 
+/// What the sweep at opening did (FORMAT.md, "Writing durably"). `Debug` shows counts only.
+#[derive(Default)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// Files removed: temporary files and blobs that were not whole.
+    pub removed: usize,
+    /// Instances filed again from their blobs' records, for the caller's audit trail.
+    pub refiled: Vec<Refiled>,
+}
+
+impl std::fmt::Debug for SweepReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SweepReport(removed: {}, refiled: {})", self.removed, self.refiled.len())
+    }
+}
+
+/// One instance the sweep filed again: whose, and in which study (both as the index holds
+/// them: a pseudonym and a derived UID).
+#[non_exhaustive]
+pub struct Refiled {
+    pub pseudonym: String,
+    pub study_uid: String,
+}
+
+impl std::fmt::Debug for Refiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refiled(<redacted>)")
+    }
+}
+
 /// The result of a put.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -42,10 +42,16 @@ impl ClinicalStore {
     /// may have left: whole blobs that no index row refers to are filed again from their
     /// records, temporary files and blobs that are not whole are removed.
     pub fn open(dir: &Path, keys: StoreKeys) -> Result<ClinicalStore, Error> {
+        Self::open_swept(dir, keys).map(|(store, _)| store)
+    }
+
+    /// [`ClinicalStore::open`], with what its sweep did: the broker records every
+    /// instance filed again in its audit trail.
+    pub fn open_swept(dir: &Path, keys: StoreKeys) -> Result<(ClinicalStore, SweepReport), Error> {
         let mut store = Self::open_unswept(dir, keys)?;
-        store.sweep()?;
+        let report = store.sweep()?;
         store.create_shards()?;
-        Ok(store)
+        Ok((store, report))
     }
 
     fn open_unswept(dir: &Path, keys: StoreKeys) -> Result<ClinicalStore, Error> {
@@ -63,12 +69,18 @@ impl ClinicalStore {
     /// request) and reopens transparently. Each opening unwraps the keys from `keyring`;
     /// each closing drops them. The crash sweep runs once, now.
     pub fn on_demand(dir: PathBuf, keyring: Arc<Keyring>, ttl: Duration) -> Result<Arc<OnDemand<ClinicalStore, Error>>, Error> {
-        drop(Self::open(&dir, StoreKeys::unwrap(&keyring)?)?);
+        Self::on_demand_swept(dir, keyring, ttl).map(|(od, _)| od)
+    }
+
+    /// [`ClinicalStore::on_demand`], with what its sweep did.
+    pub fn on_demand_swept(dir: PathBuf, keyring: Arc<Keyring>, ttl: Duration) -> Result<(Arc<OnDemand<ClinicalStore, Error>>, SweepReport), Error> {
+        let (store, report) = Self::open_swept(&dir, StoreKeys::unwrap(&keyring)?)?;
+        drop(store);
         let od = OnDemand::new("clinical-store", ttl, move || Self::open_unswept(&dir, StoreKeys::unwrap(&keyring)?));
         if !ttl.is_zero() {
             od.start_reaper();
         }
-        Ok(od)
+        Ok((od, report))
     }
 
     fn blob_path(&self, id: BlobId) -> PathBuf {
@@ -81,10 +93,10 @@ impl ClinicalStore {
     /// index's last unsynced commits, or the process died between the blob's fsync and the
     /// row's commit); remove temporary files and blobs that are not whole (never
     /// acknowledged: an acknowledged blob was fsync'd first).
-    fn sweep(&mut self) -> Result<(), Error> {
+    fn sweep(&mut self) -> Result<SweepReport, Error> {
         let entries = std::fs::read_dir(&self.blobs).map_err(|e| Error::io("listing", &self.blobs, e))?;
         let mut removed = 0usize;
-        let mut refiled = 0usize;
+        let mut refiled = Vec::new();
         for entry in entries {
             let sub = entry.map_err(|e| Error::io("listing", &self.blobs, e))?.path();
             if !sub.is_dir() {
@@ -99,8 +111,8 @@ impl ClinicalStore {
                 } else if let Some(id) = BlobId::from_hex(&name) {
                     if self.instance_with_blob(id)?.is_some() {
                         false
-                    } else if self.refile(&path, id)? {
-                        refiled += 1;
+                    } else if let Some(meta) = self.refile(&path, id)? {
+                        refiled.push(Refiled { pseudonym: meta.pseudonym, study_uid: meta.study_uid });
                         false
                     } else {
                         true
@@ -121,10 +133,10 @@ impl ClinicalStore {
         if removed > 0 {
             tracing::info!(removed, "clinical store: removed blobs left by an interrupted write");
         }
-        if refiled > 0 {
-            tracing::warn!(refiled, "clinical store: filed instances again from their blobs (their index rows were lost in a crash)");
+        if !refiled.is_empty() {
+            tracing::warn!(refiled = refiled.len(), "clinical store: filed instances again from their blobs (their index rows were lost in a crash)");
         }
-        Ok(())
+        Ok(SweepReport { removed, refiled })
     }
 
     fn instance_with_blob(&self, id: BlobId) -> Result<Option<i64>, Error> {
@@ -134,24 +146,24 @@ impl ClinicalStore {
             .map_err(Error::db("sweeping orphan blobs"))
     }
 
-    /// Files an unknown blob from its record if it is a whole version 2 blob. `false` if
-    /// it is not whole (cut short, altered, a temporary file's content), has no record
-    /// (version 1: its row was always committed durably first), or duplicates or
-    /// contradicts what is filed: the caller then removes it. Errors (the disk, a key
-    /// version the keyring lacks) stop the open and remove nothing.
-    fn refile(&mut self, path: &Path, id: BlobId) -> Result<bool, Error> {
+    /// Files an unknown blob from its record if it is a whole version 2 blob, and returns
+    /// the record. `None` if it is not whole (cut short, altered, a temporary file's
+    /// content), has no record (version 1: its row was always committed durably first), or
+    /// duplicates or contradicts what is filed: the caller then removes it. Errors (the
+    /// disk, a key version the keyring lacks) stop the open and remove nothing.
+    fn refile(&mut self, path: &Path, id: BlobId) -> Result<Option<InstanceMeta>, Error> {
         let (record, len) = match crate::blob::read_record(path, &self.keys.blob_keys, id) {
             Ok(Some(found)) => found,
-            Ok(None) => return Ok(false),
+            Ok(None) => return Ok(None),
             Err(e @ (Error::Io { .. } | Error::UnknownKeyVersion(_))) => return Err(e),
-            Err(_) => return Ok(false),
+            Err(_) => return Ok(None),
         };
         let Some(meta) = InstanceMeta::from_record(&record).filter(|m| validate_meta(m).is_ok()) else {
-            return Ok(false);
+            return Ok(None);
         };
         match self.index_instance(&meta, id, len) {
-            Ok(PutOutcome::Stored { .. }) => Ok(true),
-            Ok(PutOutcome::AlreadyStored) | Err(Error::Conflict(_)) => Ok(false),
+            Ok(PutOutcome::Stored { .. }) => Ok(Some(meta)),
+            Ok(PutOutcome::AlreadyStored) | Err(Error::Conflict(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -11,7 +11,7 @@ mod common;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use clinical_store::{ClinicalStore, InstanceMeta, PutOutcome, StudyQuery};
+use clinical_store::{ClinicalStore, InstanceMeta, PutOutcome, StoreKeys, StudyQuery};
 use common::*;
 
 /// Everything the index shows of the store, in a stable order, sealed fields opened.
@@ -149,13 +149,21 @@ fn instance_rows_lost_to_a_power_cut_are_filed_again_from_their_blobs() {
             std::fs::copy(&saved, &f).unwrap();
         }
     }
-    let store = open(dir.path(), &ring);
+    let (store, report) = ClinicalStore::open_swept(&store_dir, StoreKeys::unwrap(&ring).unwrap()).unwrap();
     assert_eq!(view(&store), before, "every acknowledged instance is back, as it was");
     assert!(!arriving.exists() && !torn.exists(), "blobs that are not whole are removed");
     assert_eq!(blob_files(&store_dir).len(), 8);
+    // The report names the six, for the broker's audit trail: by pseudonym and study.
+    assert_eq!(report.removed, 2);
+    let mut refiled: Vec<(String, String)> = report.refiled.iter().map(|r| (r.pseudonym.clone(), r.study_uid.clone())).collect();
+    refiled.sort();
+    let mut want: Vec<(String, String)> = [(0, 1), (0, 1), (1, 2), (1, 2), (1, 2), (2, 3)].iter().map(|&(p, st)| (pseudonym(p), meta(p, st, 0, 0).study_uid)).collect();
+    want.sort();
+    assert_eq!(refiled, want);
     drop(store);
 
     // And it holds across a normal reopen: nothing is filed twice.
-    let store = open(dir.path(), &ring);
+    let (store, report) = ClinicalStore::open_swept(&store_dir, StoreKeys::unwrap(&ring).unwrap()).unwrap();
+    assert_eq!((report.removed, report.refiled.len()), (0, 0));
     assert_eq!(view(&store), before);
 }
