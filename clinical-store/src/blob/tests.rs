@@ -183,6 +183,36 @@ fn chunk_boundaries_round_trip() {
     }
 }
 
+/// Version 2: every cut and every flipped bit anywhere in the file (chunks, record or its
+/// length) is refused by a whole read, which releases nothing but a prefix of the plaintext,
+/// and no input makes the reader panic.
+#[test]
+fn version_2_refuses_every_cut_and_flip() {
+    let k = key(&"12".repeat(32), 1);
+    let id = BlobId::random();
+    let record = br#"{"format":"cleave-instance-record/1"}"#;
+    for len in [0usize, 1, 64, 65, 64 * 3 + 7] {
+        let pt: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+        let mut blob = Vec::new();
+        encrypt_to_vec(&k, id, 64, [4; 32], &pt, Some(record), &mut blob).unwrap();
+        let (got, rec, err) = decrypt_whole(&blob, std::slice::from_ref(&k), id);
+        assert!(err.is_none(), "len {len}: {err:?}");
+        assert_eq!((got, rec.as_deref()), (pt.clone(), Some(&record[..])));
+        for cut in 0..blob.len() {
+            let (got, _, err) = decrypt_whole(&blob[..cut], std::slice::from_ref(&k), id);
+            assert!(err.is_some(), "len {len}: a cut to {cut} bytes went unnoticed");
+            assert!(pt.starts_with(&got));
+        }
+        for i in 0..blob.len() {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x08;
+            let (got, _, err) = decrypt_whole(&bad, std::slice::from_ref(&k), id);
+            assert!(err.is_some(), "len {len}: a flip at {i} went unnoticed");
+            assert!(pt.starts_with(&got));
+        }
+    }
+}
+
 #[test]
 fn key_versions_are_chosen_by_the_header() {
     let old = key(&"01".repeat(32), 1);
