@@ -55,22 +55,38 @@ const RECORD_FORMAT: &str = "cleave-instance-record/1";
 struct Record<'a> {
     format: Cow<'a, str>,
     pseudonym: Cow<'a, str>,
+    #[serde(deserialize_with = "present")]
     sex: Option<Cow<'a, str>>,
     study_uid: Cow<'a, str>,
+    #[serde(deserialize_with = "present")]
     study_date: Option<Cow<'a, str>>,
+    #[serde(deserialize_with = "present")]
     study_description: Option<Cow<'a, str>>,
+    #[serde(deserialize_with = "present")]
     age_years: Option<u16>,
+    #[serde(deserialize_with = "present")]
     body_part: Option<Cow<'a, str>>,
     series_uid: Cow<'a, str>,
     modality: Cow<'a, str>,
+    #[serde(deserialize_with = "present")]
     series_number: Option<i64>,
+    #[serde(deserialize_with = "present")]
     series_description: Option<Cow<'a, str>>,
     sop_instance_uid: Cow<'a, str>,
     sop_class_uid: Cow<'a, str>,
     transfer_syntax: Cow<'a, str>,
+    #[serde(deserialize_with = "present")]
     instance_number: Option<i64>,
+    #[serde(deserialize_with = "present")]
     frames: Option<u32>,
     not_for_research: bool,
+}
+
+/// Reads an optional field that must still be present (as `null` if empty): serde would
+/// otherwise take a missing one as `None`, and a record that lost a field would be read
+/// as one that never had a value.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    T::deserialize(d)
 }
 
 impl InstanceMeta {
@@ -97,8 +113,12 @@ impl InstanceMeta {
             frames: self.frames,
             not_for_research: self.not_for_research,
         };
-        // Writing owned strings and integers into a Vec cannot fail.
-        Zeroizing::new(serde_json::to_vec(&r).expect("a record serializes"))
+        // Room for any real record up front, so that growing the buffer leaves no unwiped
+        // copy of the descriptions behind. Writing strings and integers into a Vec cannot
+        // fail.
+        let mut out = Zeroizing::new(Vec::with_capacity(4096));
+        serde_json::to_writer(&mut *out, &r).expect("a record serializes");
+        out
     }
 
     /// Reads a record written by [`InstanceMeta::to_record`]; `None` if it is not one (an
@@ -388,5 +408,56 @@ pub struct ObservationRecord {
 impl std::fmt::Debug for ObservationRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ObservationRecord(id {}, <redacted>)", self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> InstanceMeta {
+        InstanceMeta {
+            pseudonym: "P1-00112233445566778899aabbccddeeff".into(),
+            sex: Some("F".into()),
+            study_uid: "2.25.1".into(),
+            study_date: Some("20240202".into()),
+            study_description: Some("Thorax \"KM\"".into()),
+            age_years: Some(40),
+            body_part: Some("CHEST".into()),
+            series_uid: "2.25.2".into(),
+            modality: "CT".into(),
+            series_number: Some(1),
+            series_description: None,
+            sop_instance_uid: "2.25.3".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            instance_number: Some(7),
+            frames: Some(1),
+            not_for_research: false,
+        }
+    }
+
+    /// The record's bytes are part of the blob format (FORMAT.md, "The record"): this
+    /// pins them, and what reading refuses.
+    #[test]
+    fn the_record_is_the_documented_json_and_reads_back() {
+        let want = concat!(
+            r#"{"format":"cleave-instance-record/1","pseudonym":"P1-00112233445566778899aabbccddeeff","sex":"F","study_uid":"2.25.1","#,
+            r#""study_date":"20240202","study_description":"Thorax \"KM\"","age_years":40,"body_part":"CHEST","series_uid":"2.25.2","#,
+            r#""modality":"CT","series_number":1,"series_description":null,"sop_instance_uid":"2.25.3","#,
+            r#""sop_class_uid":"1.2.840.10008.5.1.4.1.1.2","transfer_syntax":"1.2.840.10008.1.2.1","instance_number":7,"frames":1,"#,
+            r#""not_for_research":false}"#
+        );
+        let record = example().to_record();
+        assert_eq!(std::str::from_utf8(&record).unwrap(), want);
+        let back = InstanceMeta::from_record(&record).unwrap();
+        assert_eq!(back.to_record().as_slice(), record.as_slice());
+
+        let other_format = want.replace("cleave-instance-record/1", "cleave-instance-record/2");
+        assert!(InstanceMeta::from_record(other_format.as_bytes()).is_none(), "an unknown format fails closed");
+        let extra = want.replace(r#""frames":1,"#, r#""frames":1,"ingested_at":"2026-01-01","#);
+        assert!(InstanceMeta::from_record(extra.as_bytes()).is_none(), "an unknown field fails closed");
+        let missing = want.replace(r#""frames":1,"#, "");
+        assert!(InstanceMeta::from_record(missing.as_bytes()).is_none(), "a missing field fails closed");
     }
 }
