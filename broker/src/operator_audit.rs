@@ -54,9 +54,6 @@ impl std::fmt::Debug for OperatorAudit {
     }
 }
 
-/// The actor name of the command line: `cleave-broker-cli`, with the operating-system
-/// account that ran it when its name fits the log's alphabet (it is informative only: the
-/// person is whoever can read the data directory and its master key).
 /// The refusal of an operator command while a broker holds the audit log: nothing was
 /// changed, and `instead` says what to do.
 pub fn broker_running(instead: &str) -> Error {
@@ -66,6 +63,9 @@ pub fn broker_running(instead: &str) -> Error {
     ))
 }
 
+/// The actor name of the command line: `cleave-broker-cli`, with the operating-system
+/// account that ran it when its name fits the log's alphabet (it is informative only: the
+/// person is whoever can read the data directory and its master key).
 pub(crate) fn actor() -> Actor {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
     let name = format!("cleave-broker-cli@{user}");
