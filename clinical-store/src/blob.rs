@@ -244,21 +244,20 @@ impl ChunkOpener {
     /// Check and decrypt `buf` (ciphertext || tag) in place. On failure `buf` is unchanged:
     /// the tag is checked before any byte is decrypted.
     fn open(&self, index: u32, last: bool, buf: &mut [u8]) -> bool {
-        let Some(split) = buf.len().checked_sub(TAG_LEN) else { return false };
-        let (ct, tag) = buf.split_at_mut(split);
-        let tag = Tag::clone_from_slice(tag);
-        let nonce = XNonce::from(self.ctx.nonce(index, last));
-        self.aead.decrypt_in_place_detached(&nonce, &self.ctx.ad, ct, &tag).is_ok()
+        self.open_under(self.ctx.nonce(index, last), buf)
     }
 
     /// Check and decrypt a sealed record (record || tag) in place; on success the first
     /// `len - 16` bytes are the record.
     fn open_record(&self, buf: &mut [u8]) -> bool {
+        self.open_under(self.ctx.record_nonce(), buf)
+    }
+
+    fn open_under(&self, nonce: [u8; 24], buf: &mut [u8]) -> bool {
         let Some(split) = buf.len().checked_sub(TAG_LEN) else { return false };
         let (ct, tag) = buf.split_at_mut(split);
         let tag = Tag::clone_from_slice(tag);
-        let nonce = XNonce::from(self.ctx.record_nonce());
-        self.aead.decrypt_in_place_detached(&nonce, &self.ctx.ad, ct, &tag).is_ok()
+        self.aead.decrypt_in_place_detached(&XNonce::from(nonce), &self.ctx.ad, ct, &tag).is_ok()
     }
 }
 
@@ -300,14 +299,14 @@ impl Layout {
         })
     }
 
+    /// Reads only the magic and version and, in version 2, the record length, by offset:
+    /// the file's position stays at 0 for the [`Decoder`], which reads the header itself.
     fn of_file(file: &File) -> Result<Layout, Error> {
         use std::os::unix::fs::FileExt;
         let len = file.metadata().map_err(|e| Error::io("reading the length of", Path::new("a blob"), e))?.len();
-        let mut head = [0u8; HEADER_LEN];
-        let n = read_full(&mut (&*file).take(HEADER_LEN as u64), &mut head)
-            .map_err(|e| Error::io("reading the header of", Path::new("a blob"), e))?;
-        use std::io::Seek;
-        (&*file).rewind().map_err(|e| Error::io("reading", Path::new("a blob"), e))?;
+        let mut head = [0u8; 8];
+        let n = head.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+        file.read_exact_at(&mut head[..n], 0).map_err(|e| Error::io("reading the header of", Path::new("a blob"), e))?;
         Layout::of(&head[..n], len, || {
             let mut t = [0u8; 4];
             file.read_exact_at(&mut t, len - 4)?;
@@ -488,6 +487,17 @@ impl<R: Read> Decoder<R> {
         } else {
             Err(Error::BlobRecordCorrupt)
         }
+    }
+
+    /// [`Decoder::open_record`] for the record at `at` (`n` bytes with its tag) in `file`:
+    /// the record, wiped on drop.
+    fn read_record_at(&self, file: &File, (at, n): (u64, usize)) -> Result<Record, Error> {
+        use std::os::unix::fs::FileExt;
+        let mut sealed = zeroize::Zeroizing::new(vec![0u8; n]);
+        file.read_exact_at(&mut sealed, at).map_err(|e| Error::io("reading the record of", Path::new("a blob"), e))?;
+        self.open_record(&mut sealed)?;
+        sealed.truncate(n - TAG_LEN);
+        Ok(sealed)
     }
 
     /// Load, verify and decrypt the next chunk. Returns false at the end of the blob.
@@ -717,13 +727,10 @@ impl Read for BlobReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         let n = self.dec.read(out)?;
         if n == 0 && !out.is_empty() {
-            if let Some((at, len)) = self.record.take() {
-                use std::os::unix::fs::FileExt;
-                let mut sealed = zeroize::Zeroizing::new(vec![0u8; len]);
-                self.dec.src.get_ref().read_exact_at(&mut sealed, at)?;
-                if let Err(e) = self.dec.open_record(&mut sealed) {
+            if let Some(record) = self.record.take() {
+                if let Err(e) = self.dec.read_record_at(self.dec.src.get_ref(), record) {
                     // Every later read fails the same way.
-                    self.record = Some((at, len));
+                    self.record = Some(record);
                     return Err(e.into());
                 }
             }
@@ -732,10 +739,12 @@ impl Read for BlobReader {
     }
 }
 
+/// A blob's record, opened: wiped on drop (it holds the descriptions in the clear).
+pub(crate) type Record = zeroize::Zeroizing<Vec<u8>>;
+
 /// Verifies a whole blob file and returns its record (`None` for a version 1 blob, which
 /// has none) and its plaintext length. The plaintext is read, checked and discarded.
-pub(crate) fn read_record(path: &Path, keys: &[VersionedKey], id: BlobId) -> Result<Option<(zeroize::Zeroizing<Vec<u8>>, u64)>, Error> {
-    use std::os::unix::fs::FileExt;
+pub(crate) fn read_record(path: &Path, keys: &[VersionedKey], id: BlobId) -> Result<Option<(Record, u64)>, Error> {
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
     let layout = Layout::of_file(&file)?;
     let mut dec = Decoder::new((&file).take(layout.chunks_end), keys, id)?;
@@ -748,12 +757,10 @@ pub(crate) fn read_record(path: &Path, keys: &[VersionedKey], id: BlobId) -> Res
             Err(e) => return Err(blob_error(e)),
         }
     }
-    let Some((at, n)) = layout.record else { return Ok(None) };
-    let mut sealed = zeroize::Zeroizing::new(vec![0u8; n]);
-    file.read_exact_at(&mut sealed, at).map_err(|e| Error::io("reading the record of", path, e))?;
-    dec.open_record(&mut sealed)?;
-    sealed.truncate(n - TAG_LEN);
-    Ok(Some((sealed, plaintext_len)))
+    match layout.record {
+        Some(record) => Ok(Some((dec.read_record_at(&file, record)?, plaintext_len))),
+        None => Ok(None),
+    }
 }
 
 /// The blob error inside an error from [`Decoder`]'s `Read`.
