@@ -231,9 +231,8 @@ impl ClinicalStore {
     /// Files a finished blob under the metadata it was finished with, in one index
     /// transaction. `AlreadyStored` if the SOP instance is already filed; the new blob is
     /// then deleted and the stored one kept.
-    pub fn commit_instance(&mut self, mut blob: FinishedBlob) -> Result<PutOutcome, Error> {
-        let meta = blob.meta.take().ok_or(Error::InvalidInput { field: "blob", rule: "it must be finished with the instance's metadata" })?;
-        let outcome = self.index_instance(&meta, blob.id, blob.written.plaintext_len)?;
+    pub fn commit_instance(&mut self, blob: FinishedBlob) -> Result<PutOutcome, Error> {
+        let outcome = self.index_instance(&blob.meta, blob.id, blob.written.plaintext_len)?;
         if matches!(outcome, PutOutcome::Stored { .. }) {
             blob.keep();
         }

@@ -327,16 +327,14 @@ impl PendingBlob {
     pub fn finish(self, meta: crate::InstanceMeta) -> Result<FinishedBlob, Error> {
         crate::store::validate_meta(&meta)?;
         let record = meta.to_record();
-        let pseudonym = meta.pseudonym.clone();
-        let mut finished = self.finish_with_record(&pseudonym, &record)?;
-        finished.meta = Some(meta);
-        Ok(finished)
+        self.finish_with_record(meta, &record)
     }
 
-    /// [`PendingBlob::finish`] with the record given as bytes.
-    pub(crate) fn finish_with_record(mut self, pseudonym: &str, record: &[u8]) -> Result<FinishedBlob, Error> {
+    /// [`PendingBlob::finish`] with the record given as bytes (the tests seal records of
+    /// their own); `meta` gives the pseudonym and goes to the index row.
+    pub(crate) fn finish_with_record(mut self, meta: crate::InstanceMeta, record: &[u8]) -> Result<FinishedBlob, Error> {
         let enc = self.enc.take().ok_or(Error::WriterPoisoned)?;
-        let (file, plaintext_len, replaced) = enc.finish(pseudonym.as_bytes(), record)?;
+        let (file, plaintext_len, replaced) = enc.finish(meta.pseudonym.as_bytes(), record)?;
         if replaced == 0 {
             return Err(Error::InvalidInput { field: "instance", rule: "the pseudonym marker was never written, so the object does not name its patient" });
         }
@@ -346,7 +344,7 @@ impl PendingBlob {
         drop(file);
         let dir = self.dest.parent().unwrap_or(Path::new("."));
         durable::fsync_dir(dir).map_err(|e| Error::io("syncing", dir, e))?;
-        Ok(FinishedBlob { id: self.id, dest: std::mem::take(&mut self.dest), written: WrittenBlob { plaintext_len }, meta: None })
+        Ok(FinishedBlob { id: self.id, dest: std::mem::take(&mut self.dest), written: WrittenBlob { plaintext_len }, meta })
     }
 }
 
@@ -359,7 +357,7 @@ pub struct FinishedBlob {
     dest: PathBuf,
     pub(crate) written: WrittenBlob,
     /// What the record holds, for the index row.
-    pub(crate) meta: Option<crate::InstanceMeta>,
+    pub(crate) meta: crate::InstanceMeta,
 }
 
 impl std::fmt::Debug for FinishedBlob {

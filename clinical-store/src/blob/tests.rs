@@ -30,6 +30,11 @@ struct Vector {
     record: Option<String>,
 }
 
+/// Metadata naming only the pseudonym, for blobs that are written but never filed.
+fn named(pseudonym: &str) -> crate::InstanceMeta {
+    crate::InstanceMeta { pseudonym: pseudonym.into(), ..Default::default() }
+}
+
 fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
@@ -412,7 +417,7 @@ fn a_pending_blob_equals_the_ordinary_encoding_of_the_replaced_plaintext() {
                 p.write_all(part).unwrap();
             }
             let record = format!("record of case {case}").repeat(case as usize % 5);
-            let done = p.finish_with_record(std::str::from_utf8(real).unwrap(), record.as_bytes()).unwrap();
+            let done = p.finish_with_record(named(std::str::from_utf8(real).unwrap()), record.as_bytes()).unwrap();
             assert_eq!(done.written.plaintext_len, len as u64);
             let file = std::fs::read(&dest).unwrap();
             let mut want = Vec::new();
@@ -440,11 +445,11 @@ fn a_pending_blob_refuses_a_wrong_length_a_missing_marker_and_a_bad_marker() {
 
     let mut p = new("a");
     p.write_all(format!("head {marker} tail").as_bytes()).unwrap();
-    assert!(matches!(p.finish_with_record("P12-00112233445566778899aabbccddeeff", b"{}"), Err(Error::InvalidInput { field: "pseudonym", .. })));
+    assert!(matches!(p.finish_with_record(named("P12-00112233445566778899aabbccddeeff"), b"{}"), Err(Error::InvalidInput { field: "pseudonym", .. })));
 
     let mut p = new("b");
     p.write_all(&[5u8; 100_000]).unwrap();
-    assert!(matches!(p.finish_with_record("P1-ffeeddccbbaa99887766554433221100", b"{}"), Err(Error::InvalidInput { field: "instance", .. })));
+    assert!(matches!(p.finish_with_record(named("P1-ffeeddccbbaa99887766554433221100"), b"{}"), Err(Error::InvalidInput { field: "instance", .. })));
 
     let mut p = new("c");
     p.write_all(marker.as_bytes()).unwrap();
@@ -475,5 +480,5 @@ fn only_chunks_holding_the_marker_are_kept_in_memory() {
     p.write_all(&body).unwrap();
     let kept = p.enc.as_ref().unwrap().kept.len();
     assert_eq!(kept, 1, "only the chunk with the marker is held");
-    p.finish_with_record("P1-ffeeddccbbaa99887766554433221100", b"{}").unwrap().keep();
+    p.finish_with_record(named("P1-ffeeddccbbaa99887766554433221100"), b"{}").unwrap().keep();
 }
