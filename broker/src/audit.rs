@@ -175,9 +175,18 @@ impl AuditTrail {
     /// Record that the first run created the bootstrap administrator (before the log was
     /// open, so no request recorded it).
     pub(crate) fn record_bootstrap(&self) -> Result<(), crate::Error> {
-        let entry = Entry::new(Actor::new(ActorKind::System, "cleave-broker"), Operation::Enroll, Outcome::Allowed);
-        self.log.append(&entry).map_err(audit_error)?;
-        if let Some(s) = &self.syslog {
+        self.append_system([Entry::new(Actor::new(ActorKind::System, "cleave-broker"), Operation::Enroll, Outcome::Allowed)])
+    }
+
+    /// Appends entries the broker makes on its own (no request, so no waiting caller),
+    /// then wakes the syslog forwarder once.
+    fn append_system(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), crate::Error> {
+        let mut any = false;
+        for entry in entries {
+            self.log.append(&entry).map_err(audit_error)?;
+            any = true;
+        }
+        if let (true, Some(s)) = (any, &self.syslog) {
             s.notify();
         }
         Ok(())
@@ -189,16 +198,11 @@ impl AuditTrail {
     /// patient's and the study's keyed references like any ingest. The device's own entry
     /// may be there too (the instance was acknowledged) or not (the crash came first).
     pub(crate) fn record_refiled(&self, refiled: &[clinical_store::Refiled]) -> Result<(), crate::Error> {
-        for r in refiled {
-            let entry = Entry::new(Actor::new(ActorKind::System, "clinical-store-sweep"), Operation::Ingest, Outcome::Allowed)
+        self.append_system(refiled.iter().map(|r| {
+            Entry::new(Actor::new(ActorKind::System, "clinical-store-sweep"), Operation::Ingest, Outcome::Allowed)
                 .with_resource(self.refs.patient_ref(&r.pseudonym))
-                .with_resource(self.refs.study_ref(&r.study_uid));
-            self.log.append(&entry).map_err(audit_error)?;
-        }
-        if let (false, Some(s)) = (refiled.is_empty(), &self.syslog) {
-            s.notify();
-        }
-        Ok(())
+                .with_resource(self.refs.study_ref(&r.study_uid))
+        }))
     }
 
     pub fn log(&self) -> &AuditLog {

@@ -109,7 +109,7 @@ impl ClinicalStore {
                 let orphan = if name.starts_with('.') && name.ends_with(".tmp") {
                     true
                 } else if let Some(id) = BlobId::from_hex(&name) {
-                    if self.instance_with_blob(id)?.is_some() {
+                    if self.blob_is_filed(id)? {
                         false
                     } else if let Some(meta) = self.refile(&path, id)? {
                         refiled.push(Refiled { pseudonym: meta.pseudonym, study_uid: meta.study_uid });
@@ -139,10 +139,9 @@ impl ClinicalStore {
         Ok(SweepReport { removed, refiled })
     }
 
-    fn instance_with_blob(&self, id: BlobId) -> Result<Option<i64>, Error> {
-        self.conn
-            .query_row("SELECT 1 FROM instances WHERE blob_id = ?1", [id.to_hex()], |r| r.get(0))
-            .optional()
+    fn blob_is_filed(&self, id: BlobId) -> Result<bool, Error> {
+        cached_row(&self.conn, "SELECT 1 FROM instances WHERE blob_id = ?1", [id.to_hex()], |_| Ok(()))
+            .map(|row| row.is_some())
             .map_err(Error::db("sweeping orphan blobs"))
     }
 
